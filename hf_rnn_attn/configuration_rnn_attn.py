@@ -1,0 +1,215 @@
+"""Configuration of the RNN encoder-decoder with attention.
+
+The two seed architectures are two points in one space of orthogonal choices (cell, layers, direction,
+score, input feeding, decoder-state initialisation, output layer); `RNNAttnConfig.from_preset` names them.
+"""
+
+from transformers import PretrainedConfig
+
+RNN_CELLS = ("gru", "lstm")
+ATTENTION_SCORES = ("additive", "dot", "general", "location")
+DECODER_STATE_INITS = ("backward", "final", "zeros")
+DECODER_BRIDGES = ("auto", "linear", "none")
+OUTPUT_LAYERS = ("linear", "tanh")
+
+PRESETS = {
+    # Bahdanau et al. 2015: BiGRU encoder, GRU decoder fed [emb(y_{t-1}); c_{t-1}], additive score,
+    # decoder started from the backward GRU's state at source position 1, logits = W_o [h_t; c_t] + b_o.
+    "bigru-bahdanau": dict(rnn_cell="gru", encoder_layers=1, decoder_layers=1, bidirectional_encoder=True,
+                           attention_score="additive", input_feeding=True, decoder_state_init="backward",
+                           output_layer="linear"),
+    # Luong et al. 2015 (global attention): 2-layer LSTMs, decoder started from the encoder's final (h, c),
+    # attention after the RNN, o_t = [h_t; c_t] through tanh(W_c o_t) before the softmax.
+    "lstm-luong": dict(rnn_cell="lstm", encoder_layers=2, decoder_layers=2, bidirectional_encoder=False,
+                       attention_score="general", input_feeding=False, decoder_state_init="final",
+                       output_layer="tanh"),
+}
+
+
+def _check_choice(name, value, valid):
+    if value not in valid:
+        raise ValueError(f"`{name}` must be one of {list(valid)}, got {value!r}.")
+
+
+def _check_positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+class RNNAttnConfig(PretrainedConfig):
+    r"""Configuration for [`RNNAttnModel`] and [`RNNAttnForConditionalGeneration`].
+
+    Args:
+        vocab_size (`int`, defaults to 8000): size of the joint source/target vocabulary.
+        embedding_size (`int`, defaults to 256): token embedding size E (encoder and decoder).
+        hidden_size (`int`, defaults to 512): decoder hidden size H.
+        encoder_hidden_size (`int`, *optional*): hidden size of each encoder direction; defaults to
+            `hidden_size`. The encoder output size is K = encoder_hidden_size x (2 if bidirectional else 1).
+        rnn_cell (`str`, defaults to `"gru"`): `"gru"` or `"lstm"`, for encoder and decoder.
+        encoder_layers (`int`, defaults to 1): stacked encoder layers.
+        decoder_layers (`int`, defaults to 1): stacked decoder layers.
+        bidirectional_encoder (`bool`, defaults to `True`): run the encoder in both directions,
+            `h_i = [fwd_i ; bwd_i]`.
+        attention_score (`str`, defaults to `"additive"`): `"additive"` `v^T tanh(W1 h_t + W2 h_i)`,
+            `"dot"` `h_t . h_i` (needs H == K), `"general"` `h_t^T W h_i`, or `"location"` `W h_t`
+            (one score per source position up to `max_source_positions`; never looks at `h_i`).
+        attention_hidden_size (`int`, *optional*): size of the additive score's hidden layer; defaults to
+            `hidden_size`.
+        input_feeding (`bool`, defaults to `True`): feed the previous context `c_{t-1}` into the decoder
+            RNN input, `[emb(y_{t-1}) ; c_{t-1}]`. `c_0` is a zero vector. Without it the decoder RNN does
+            not depend on attention, and training runs the whole target through the RNN in one call.
+        decoder_state_init (`str`, defaults to `"backward"`): how the decoder state starts. `"backward"`:
+            every decoder layer starts from the top encoder layer's backward final state (the one at source
+            position 1; needs a bidirectional encoder). `"final"`: decoder layer l starts from encoder layer
+            l's final state, both directions concatenated (needs `encoder_layers == decoder_layers`).
+            `"zeros"`: zero state.
+        decoder_bridge (`str`, defaults to `"auto"`): `"linear"` maps the start state through
+            `tanh(W_s s)`; `"none"` uses it as is (sizes must match); `"auto"` bridges only when sizes differ.
+        output_layer (`str`, defaults to `"linear"`): `"linear"`: logits `W_o o_t + b_o` with
+            `o_t = [h_t ; c_t]` (Bahdanau); `"tanh"`: `o_t` first goes through the feed-forward layer
+            `tanh(W_c o_t)` of size H, Luong's attentional hidden state.
+        dropout (`float`, defaults to 0.2): dropout on embeddings, between RNN layers and before the output.
+        max_source_positions (`int`, *optional*): longest source the location score handles; required
+            for `attention_score="location"`.
+        init_range (`float`, defaults to 0.1): parameters start uniform in `[-init_range, init_range]`.
+        tie_word_embeddings (`bool`, defaults to `False`): share the decoder embedding with the output
+            projection (needs the output layer's input size to equal `embedding_size`).
+    """
+
+    model_type = "rnn_attn"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {"num_hidden_layers": "decoder_layers"}
+
+    def __init__(
+        self,
+        vocab_size=8000,
+        embedding_size=256,
+        hidden_size=512,
+        encoder_hidden_size=None,
+        rnn_cell="gru",
+        encoder_layers=1,
+        decoder_layers=1,
+        bidirectional_encoder=True,
+        attention_score="additive",
+        attention_hidden_size=None,
+        input_feeding=True,
+        decoder_state_init="backward",
+        decoder_bridge="auto",
+        output_layer="linear",
+        dropout=0.2,
+        max_source_positions=None,
+        init_range=0.1,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        is_encoder_decoder=True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.embedding_size = embedding_size
+        self.hidden_size = hidden_size
+        self.encoder_hidden_size = hidden_size if encoder_hidden_size is None else encoder_hidden_size
+        self.rnn_cell = rnn_cell
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.bidirectional_encoder = bidirectional_encoder
+        self.attention_score = attention_score
+        self.attention_hidden_size = hidden_size if attention_hidden_size is None else attention_hidden_size
+        self.input_feeding = input_feeding
+        self.decoder_state_init = decoder_state_init
+        self.decoder_bridge = decoder_bridge
+        self.output_layer = output_layer
+        self.dropout = dropout
+        self.max_source_positions = max_source_positions
+        self.init_range = init_range
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            decoder_start_token_id=decoder_start_token_id,
+            is_encoder_decoder=is_encoder_decoder,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate_architecture()
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """Builds one of the named architectures (`PRESETS`), with explicit field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; valid presets: {list(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def encoder_output_size(self):
+        """K: size of one encoder state h_i."""
+        return self.encoder_hidden_size * (2 if self.bidirectional_encoder else 1)
+
+    @property
+    def encoder_state_size(self):
+        """Size of the encoder final state that `decoder_state_init` hands to one decoder layer."""
+        if self.decoder_state_init == "final":
+            return self.encoder_output_size
+        return self.encoder_hidden_size
+
+    @property
+    def uses_bridge(self):
+        if self.decoder_state_init == "zeros":
+            return False
+        if self.decoder_bridge == "auto":
+            return self.encoder_state_size != self.hidden_size
+        return self.decoder_bridge == "linear"
+
+    @property
+    def output_layer_input_size(self):
+        """Input size of the final projection to the vocabulary."""
+        if self.output_layer == "tanh":
+            return self.hidden_size
+        return self.hidden_size + self.encoder_output_size
+
+    def validate_architecture(self):
+        """Rejects impossible combinations with a message naming the valid values."""
+        _check_choice("rnn_cell", self.rnn_cell, RNN_CELLS)
+        _check_choice("attention_score", self.attention_score, ATTENTION_SCORES)
+        _check_choice("decoder_state_init", self.decoder_state_init, DECODER_STATE_INITS)
+        _check_choice("decoder_bridge", self.decoder_bridge, DECODER_BRIDGES)
+        _check_choice("output_layer", self.output_layer, OUTPUT_LAYERS)
+        for name in ("vocab_size", "embedding_size", "hidden_size", "encoder_hidden_size", "encoder_layers",
+                     "decoder_layers", "attention_hidden_size"):
+            _check_positive(name, getattr(self, name))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
+        if self.attention_score == "dot" and self.hidden_size != self.encoder_output_size:
+            raise ValueError(
+                f"attention_score='dot' needs hidden_size == encoder output size, got hidden_size="
+                f"{self.hidden_size} and encoder output size {self.encoder_output_size} (encoder_hidden_size="
+                f"{self.encoder_hidden_size}, bidirectional_encoder={self.bidirectional_encoder}); use 'general' "
+                f"or 'additive', or change the sizes."
+            )
+        if self.attention_score == "location":
+            if self.max_source_positions is None:
+                raise ValueError("attention_score='location' needs `max_source_positions` (an int), got None.")
+            _check_positive("max_source_positions", self.max_source_positions)
+        if self.decoder_state_init == "backward" and not self.bidirectional_encoder:
+            raise ValueError(
+                "decoder_state_init='backward' needs bidirectional_encoder=True; use 'final' or 'zeros'."
+            )
+        if self.decoder_state_init == "final" and self.encoder_layers != self.decoder_layers:
+            raise ValueError(
+                f"decoder_state_init='final' needs encoder_layers == decoder_layers, got {self.encoder_layers} "
+                f"and {self.decoder_layers}; use 'backward' or 'zeros'."
+            )
+        if self.decoder_bridge == "none" and self.decoder_state_init != "zeros" \
+                and self.encoder_state_size != self.hidden_size:
+            raise ValueError(
+                f"decoder_bridge='none' needs the encoder state size ({self.encoder_state_size}) to equal "
+                f"hidden_size ({self.hidden_size}); use decoder_bridge='linear' or 'auto'."
+            )
+        if self.tie_word_embeddings and self.output_layer_input_size != self.embedding_size:
+            raise ValueError(
+                f"tie_word_embeddings=True needs the output layer input size ({self.output_layer_input_size}: "
+                f"hidden_size for output_layer='tanh', else hidden_size + encoder output size) to equal embedding_size "
+                f"({self.embedding_size})."
+            )
