@@ -282,14 +282,22 @@ class RNNAttnPreTrainedModel(PreTrainedModel):
         transformers would only warn and start missing weights at random, silently losing the trained model.
         """
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                "The checkpoint's weights do not match its config: some tensor sizes differ (the load report "
+                "above lists them). Check config.json against the weights."
+            ) from error
+        problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys")}
         problems = {kind: keys for kind, keys in problems.items() if keys}
         if problems:
             details = "; ".join(f"{kind}: {keys[:5]}" for kind, keys in problems.items())
             raise ValueError(
                 f"The checkpoint's weights do not match its config ({model.config.rnn_cell} cell, "
-                f"attention_score={model.config.attention_score!r}, hidden_size={model.config.hidden_size}): {details}."
+                f"attention_score={model.config.attention_score!r}): {details}."
             )
         return (model, info) if wants_info else model
 

@@ -1,0 +1,150 @@
+"""Behaviour of the models: the forward contract, decoding equivalences, padding, attention, loss."""
+
+import pytest
+import torch
+
+from hf_rnn_attn.modeling_rnn_attn import shift_tokens_right
+from tiny_models import VARIANTS, source_batch, tiny_model
+
+ALL_VARIANTS = list(VARIANTS)
+
+
+def target_batch(seed=1, batch_size=3, length=5):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 20, (batch_size, length), generator=generator)
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_step_by_step_decoding_equals_teacher_forced_pass(variant):
+    model = tiny_model(variant)
+    input_ids, attention_mask = source_batch()
+    decoder_input_ids = target_batch()
+    full = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                 output_attentions=True)
+    encoder_outputs = model.get_encoder()(input_ids, attention_mask)
+    state, step_logits, step_weights = None, [], []
+    for t in range(decoder_input_ids.size(1)):
+        step = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+                     decoder_input_ids=decoder_input_ids[:, t:t + 1], past_key_values=state, output_attentions=True)
+        state = step.past_key_values
+        step_logits.append(step.logits)
+        step_weights.append(step.cross_attentions[0])
+    assert state.get_seq_length() == decoder_input_ids.size(1)
+    torch.testing.assert_close(torch.cat(step_logits, dim=1), full.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(step_weights, dim=2), full.cross_attentions[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_padding_never_changes_outputs(variant):
+    model = tiny_model(variant)
+    input_ids, attention_mask = source_batch()
+    decoder_input_ids = target_batch()
+    reference = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                      output_attentions=True)
+    # Other token ids under the padding, and two more padding columns.
+    noisy_ids = torch.where(attention_mask == 1, input_ids, torch.full_like(input_ids, 17))
+    wider_ids = torch.cat([noisy_ids, torch.full((3, 2), 5)], dim=1)
+    wider_mask = torch.cat([attention_mask, torch.zeros(3, 2, dtype=torch.long)], dim=1)
+    padded = model(input_ids=wider_ids, attention_mask=wider_mask, decoder_input_ids=decoder_input_ids,
+                   output_attentions=True)
+    torch.testing.assert_close(padded.logits, reference.logits, atol=1e-5, rtol=1e-5)
+    # Each row alone, without any padding, gives the same logits too.
+    for row in range(3):
+        length = int(attention_mask[row].sum())
+        alone = model(input_ids=input_ids[row:row + 1, :length], decoder_input_ids=decoder_input_ids[row:row + 1])
+        torch.testing.assert_close(alone.logits[0], reference.logits[row], atol=1e-5, rtol=1e-5)
+    weights = padded.cross_attentions[0]  # B x 1 x T x S
+    torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+    assert (weights[..., :7].masked_select(attention_mask[:, None, None, :] == 0) == 0).all()
+    assert (weights[..., 7:] == 0).all()
+
+
+def test_bigru_decoder_starts_from_backward_state_at_first_source_position():
+    model = tiny_model("bigru-bahdanau")
+    input_ids, attention_mask = source_batch()
+    encoder_output = model.get_encoder()(input_ids, attention_mask)
+    half = model.config.encoder_hidden_size
+    backward_at_position_1 = encoder_output.last_hidden_state[:, 0, half:]
+    state = model.get_decoder().initial_state(encoder_output)
+    torch.testing.assert_close(state.hidden[:, 0], backward_at_position_1)
+    assert model.get_decoder().bridge is None  # sizes match, so no bridge
+    assert (state.context == 0).all()  # c_0 is zeros
+
+
+def test_lstm_luong_decoder_layers_start_from_encoder_final_states():
+    model = tiny_model("lstm-luong-general")
+    input_ids, attention_mask = source_batch()
+    encoder_output = model.get_encoder()(input_ids, attention_mask)
+    state = model.get_decoder().initial_state(encoder_output)
+    torch.testing.assert_close(state.hidden, encoder_output.final_hidden_state)
+    torch.testing.assert_close(state.cell, encoder_output.final_cell_state)
+    lengths = attention_mask.sum(1)
+    top_final = encoder_output.last_hidden_state[torch.arange(3), lengths - 1]
+    torch.testing.assert_close(state.hidden[:, -1], top_final)
+
+
+def test_teacher_forcing_without_input_feeding_runs_the_rnn_once():
+    model = tiny_model("lstm-luong-general")
+    calls = []
+    model.get_decoder().rnn.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    input_ids, attention_mask = source_batch()
+    model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=target_batch(length=6))
+    assert calls == [torch.Size([3, 6, 8])]
+
+
+@pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-additive"])
+def test_key_projection_is_computed_once_per_source(variant):
+    model = tiny_model(variant)
+    score = model.get_decoder().score
+    calls = []
+    original = score.project_keys
+    score.project_keys = lambda keys: calls.append(keys.shape) or original(keys)
+    input_ids, attention_mask = source_batch()
+    model(input_ids=input_ids, attention_mask=attention_mask, labels=target_batch())
+    assert len(calls) == 1
+    calls.clear()
+    model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6, num_beams=2)
+    assert len(calls) == 1
+
+
+def test_labels_are_shifted_right_and_loss_ignores_minus_100():
+    model = tiny_model("bigru-bahdanau")
+    input_ids, attention_mask = source_batch()
+    labels = target_batch()
+    labels[0, 3:] = -100
+    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    decoder_input_ids = shift_tokens_right(labels, 0, model.config.decoder_start_token_id)
+    assert decoder_input_ids[0, 0] == model.config.decoder_start_token_id
+    assert decoder_input_ids[0, 4] == model.config.pad_token_id
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_loss_with_num_items_in_batch_sums_correctly_over_accumulation_steps():
+    model = tiny_model("lstm-luong-general")
+    input_ids, attention_mask = source_batch()
+    labels = target_batch()
+    labels[1, 2:] = -100
+    full = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    total_items = int((labels != -100).sum())
+    parts = [model(input_ids=input_ids[rows], attention_mask=attention_mask[rows], labels=labels[rows],
+                   num_items_in_batch=torch.tensor(total_items)).loss for rows in (slice(0, 2), slice(2, 3))]
+    torch.testing.assert_close(sum(parts), full)
+    assert model.accepts_loss_kwargs
+
+
+@pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-general"])
+def test_return_dict_false_and_hidden_states(variant):
+    model = tiny_model(variant)
+    input_ids, attention_mask = source_batch()
+    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=target_batch(), output_hidden_states=True)
+    assert out.encoder_last_hidden_state.shape == (3, 7, model.config.encoder_output_size)
+    assert out.decoder_hidden_states[0].shape[:2] == (3, 5)
+    as_tuple = model(input_ids=input_ids, attention_mask=attention_mask, labels=target_batch(), return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.loss)
+
+
+def test_tied_word_embeddings_share_the_decoder_embedding():
+    model = tiny_model("lstm-luong-general", embedding_size=16, tie_word_embeddings=True)
+    assert model.lm_head.weight.data_ptr() == model.get_decoder().embed_tokens.weight.data_ptr()

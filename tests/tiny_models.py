@@ -1,0 +1,45 @@
+"""Tiny configurations covering both presets, all four scores and mixed variants."""
+
+import torch
+
+from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
+
+TINY = dict(vocab_size=20, embedding_size=8, hidden_size=16, dropout=0.0)
+
+VARIANTS = {
+    "bigru-bahdanau": ("bigru-bahdanau", {}),
+    "lstm-luong-additive": ("lstm-luong", {"attention_score": "additive"}),
+    "lstm-luong-dot": ("lstm-luong", {"attention_score": "dot"}),
+    "lstm-luong-general": ("lstm-luong", {"attention_score": "general"}),
+    "lstm-luong-location": ("lstm-luong", {"attention_score": "location", "max_source_positions": 12}),
+    # Mixed points of the design space.
+    "bigru-general-bridge": ("bigru-bahdanau", {"attention_score": "general", "encoder_hidden_size": 12}),
+    "bigru-2layer-decoder-tanh": ("bigru-bahdanau", {"decoder_layers": 2, "encoder_layers": 2,
+                                                     "output_layer": "tanh"}),
+    "lstm-input-feeding-bidirectional": ("lstm-luong", {"input_feeding": True, "bidirectional_encoder": True,
+                                                        "encoder_hidden_size": 8, "attention_score": "dot"}),
+    "gru-unidirectional-zeros-location": ("bigru-bahdanau", {"bidirectional_encoder": False,
+                                                             "decoder_state_init": "zeros",
+                                                             "attention_score": "location",
+                                                             "max_source_positions": 12}),
+}
+
+
+def tiny_config(variant, **overrides):
+    preset, variant_overrides = VARIANTS[variant]
+    return RNNAttnConfig.from_preset(preset, **{**TINY, **variant_overrides, **overrides})
+
+
+def tiny_model(variant, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return RNNAttnForConditionalGeneration(tiny_config(variant, **overrides)).eval()
+
+
+def source_batch(seed=0, batch_size=3, length=7, vocab_size=20):
+    """Right-padded ids (tokens 3.. only, so no pad/bos/eos inside) and their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab_size, (batch_size, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, length - 2:] = 0
+    attention_mask[2, 3:] = 0
+    return input_ids.masked_fill(attention_mask == 0, 0), attention_mask
