@@ -233,14 +233,15 @@ class RNNAttnDecoder(nn.Module):
         """
         rnn, num_layers, embedding_size = self.rnn, self.config.decoder_layers, self.config.embedding_size
         weight_ih = rnn.weight_ih_l0
-        embedded_gates = F.linear(embedded, weight_ih[:, :embedding_size], rnn.bias_ih_l0)  # B x T x G*H
+        # unbind, not [:, t]: its backward stacks T gradients once instead of filling T full-size zero tensors.
+        embedded_gates = F.linear(embedded, weight_ih[:, :embedding_size], rnn.bias_ih_l0).unbind(1)  # T x (B x G*H)
         weight_context = weight_ih[:, embedding_size:]
         hidden = list(state.hidden.unbind(1))  # L x (B x H)
         cell = list(state.cell.unbind(1)) if state.cell is not None else [None] * num_layers
         context = state.context  # B x K
         tops, contexts, weights = [], [], []
-        for t in range(embedded.size(1)):
-            gates = embedded_gates[:, t] + F.linear(context, weight_context)
+        for step_gates in embedded_gates:
+            gates = step_gates + F.linear(context, weight_context)
             for layer in range(num_layers):
                 if layer > 0:
                     below = F.dropout(hidden[layer - 1], self.config.dropout, self.training)

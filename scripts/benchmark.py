@@ -1,0 +1,93 @@
+"""Training and generation speed of the presets on random data of translation-like shape.
+
+Usage:
+    python scripts/benchmark.py                       # both presets, default sizes
+    python scripts/benchmark.py --presets lstm-luong --batch_size 32 --hidden_size 512 --steps 10
+
+Prints target tokens per second for a teacher-forced training step (forward + backward + Adam) and
+for greedy / beam generation, plus peak resident memory. Numbers depend on the machine: note it with them.
+"""
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import HfArgumentParser
+
+from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
+
+
+@dataclass
+class BenchmarkArguments:
+    presets: list[str] = field(default_factory=lambda: ["bigru-bahdanau", "lstm-luong"])
+    vocab_size: int = 8000
+    embedding_size: int = 256
+    hidden_size: int = 256
+    batch_size: int = 64
+    source_length: int = 40
+    target_length: int = 40
+    steps: int = 5
+    num_beams: int = 5
+
+
+def random_batch(args, generator):
+    shape = (args.batch_size, args.source_length)
+    input_ids = torch.randint(4, args.vocab_size, shape, generator=generator)
+    lengths = torch.randint(args.source_length // 2, args.source_length + 1, (args.batch_size,), generator=generator)
+    attention_mask = (torch.arange(args.source_length) < lengths[:, None]).long()
+    labels = torch.randint(4, args.vocab_size, (args.batch_size, args.target_length), generator=generator)
+    return input_ids * attention_mask, attention_mask, labels
+
+
+def timed(function, repeats):
+    function()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - start) / repeats
+
+
+def benchmark(preset, args):
+    torch.manual_seed(0)
+    config = RNNAttnConfig.from_preset(preset, vocab_size=args.vocab_size, embedding_size=args.embedding_size,
+                                       hidden_size=args.hidden_size)
+    model = RNNAttnForConditionalGeneration(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    input_ids, attention_mask, labels = random_batch(args, torch.Generator().manual_seed(0))
+
+    def train_step():
+        model.train()
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def generate(num_beams):
+        model.eval()
+        with torch.inference_mode():
+            model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
+                           max_new_tokens=args.target_length, min_new_tokens=args.target_length)
+
+    tokens = args.batch_size * args.target_length
+    train_seconds = timed(train_step, args.steps)
+    greedy_seconds = timed(lambda: generate(1), max(1, args.steps // 2))
+    beam_seconds = timed(lambda: generate(args.num_beams), 1)
+    print(f"{preset:16s} params {sum(p.numel() for p in model.parameters()) / 1e6:5.1f}M | "
+          f"train {tokens / train_seconds:8.0f} tgt tok/s | greedy {tokens / greedy_seconds:8.0f} tok/s | "
+          f"beam{args.num_beams} {tokens / beam_seconds:7.0f} tok/s")
+
+
+def main(argv=None):
+    (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+          f"S={args.source_length}, T={args.target_length}, V={args.vocab_size}, E={args.embedding_size}, "
+          f"H={args.hidden_size}")
+    for preset in args.presets:
+        benchmark(preset, args)
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
