@@ -1,0 +1,108 @@
+"""A `translation` pipeline for RNNAttn models that ships with the model as remote code.
+
+transformers 5.x removed the built-in `translation` task, but still resolves tasks named in a checkpoint's
+`config.custom_pipelines` (before it checks for removed tasks). `hf_rnn_attn.hub.save_for_hub` copies this file
+next to the weights and records it there, so in any process, with or without `hf_rnn_attn` installed:
+
+    from transformers import pipeline
+    translator = pipeline("translation", model="path/or/hub-id", trust_remote_code=True)
+    translator("Hola mundo.")                     # [{"translation_text": "Hello world."}]
+    translator(["Hola.", "Adiós."], batch_size=2, num_beams=4, max_new_tokens=64)
+
+This file imports only torch and transformers, so it loads from a folder on its own.
+"""
+
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig, Pipeline
+
+
+class RNNAttnTranslationPipeline(Pipeline):
+    """Source text -> translation with `model.generate()`.
+
+    Returns `[{"translation_text": str}]` for a string (one record per returned sequence, so
+    `num_return_sequences=n` gives n records) and a list of those for a list of strings. Generation parameters
+    (`num_beams`, `max_new_tokens`, `do_sample`, ...) are taken at construction or per call and passed to
+    `generate()` on top of the model's `generation_config`. When neither sets a length limit, translations stop
+    after `max_new_tokens=256` (`train_translation_tokenizer`'s default `model_max_length`), not at
+    generate()'s 20 tokens.
+
+    `src_lang` / `tgt_lang` are read from the model config when it records them (one model serves one
+    direction); passing a different pair to a call raises `ValueError` instead of translating the wrong way.
+    """
+
+    _pipeline_calls_generate = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+    _default_generation_config = GenerationConfig(max_new_tokens=256)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is None:
+            raise ValueError("RNNAttnTranslationPipeline needs a tokenizer; pass `tokenizer=`.")
+        self.src_lang = getattr(self.model.config, "src_lang", None)
+        self.tgt_lang = getattr(self.model.config, "tgt_lang", None)
+
+    def _sanitize_parameters(self, src_lang=None, tgt_lang=None, truncation=None, max_source_length=None,
+                             clean_up_tokenization_spaces=None, **generate_kwargs):
+        self._check_language("src_lang", src_lang, getattr(self.model.config, "src_lang", None))
+        self._check_language("tgt_lang", tgt_lang, getattr(self.model.config, "tgt_lang", None))
+        preprocess_params = {}
+        if truncation is not None:
+            preprocess_params["truncation"] = truncation
+        if max_source_length is not None:
+            preprocess_params["max_source_length"] = max_source_length
+        postprocess_params = {}
+        if clean_up_tokenization_spaces is not None:
+            postprocess_params["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
+        return preprocess_params, generate_kwargs, postprocess_params
+
+    @staticmethod
+    def _check_language(name, requested, recorded):
+        if requested is not None and recorded is not None and requested != recorded:
+            raise ValueError(f"This model translates with {name}={recorded!r}; got {name}={requested!r}.")
+
+    def preprocess(self, text, truncation=None, max_source_length=None):
+        if not isinstance(text, str):
+            raise ValueError(f"Translation inputs must be strings (or a list of strings), got {type(text).__name__}.")
+        encoded = self.tokenizer(text, truncation=truncation, max_length=max_source_length, return_tensors="pt")
+        # Only what the encoder reads: fast tokenizers may add token_type_ids, which generate() would carry along.
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        batch_size = model_inputs["input_ids"].shape[0]
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=False)
+        output_ids = self.model.generate(**model_inputs, **generate_kwargs)  # (B x n) x T
+        # Group the n returned sequences per input so that the pipeline's unbatching keeps them together.
+        return {"output_ids": output_ids.reshape(batch_size, -1, output_ids.shape[-1])}  # B x n x T
+
+    def postprocess(self, model_outputs, clean_up_tokenization_spaces=False):
+        return [
+            {"translation_text": self.tokenizer.decode(ids, skip_special_tokens=True,
+                                                       clean_up_tokenization_spaces=clean_up_tokenization_spaces)}
+            for ids in model_outputs["output_ids"][0]  # n x T
+        ]
+
+
+def translation_pipeline(model, tokenizer=None, **kwargs):
+    """Build an `RNNAttnTranslationPipeline` from a model object and its tokenizer, or from a saved folder.
+
+    Args:
+        model (`PreTrainedModel`, `str` or `os.PathLike`): a loaded model, or a folder / Hub id to load the model
+            (and, when `tokenizer` is None, the tokenizer) from.
+        tokenizer (*optional*): the tokenizer, or a folder / Hub id to load it from. Required with a model object.
+        kwargs: pipeline arguments (`device`, `batch_size`, generation parameters such as `num_beams`), plus
+            `trust_remote_code`, passed to `from_pretrained` when loading from a folder.
+    """
+    trust_remote_code = kwargs.pop("trust_remote_code", None)
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        location = str(model)
+        model = AutoModelForSeq2SeqLM.from_pretrained(location, trust_remote_code=trust_remote_code)
+        if tokenizer is None:
+            tokenizer = location
+    if tokenizer is None:
+        raise ValueError("Pass the model's `tokenizer` along with a model object (or give a folder instead).")
+    if isinstance(tokenizer, str) or hasattr(tokenizer, "__fspath__"):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust_remote_code)
+    return RNNAttnTranslationPipeline(model=model, tokenizer=tokenizer, task="translation", **kwargs)

@@ -1,0 +1,392 @@
+"""Sharing and serving: save_for_hub, loading as remote code without the package, the translation pipeline,
+the model card, push_to_hub and the `hf-rnn-attn` command line."""
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import HfApi, ModelCard
+
+from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, cli
+from hf_rnn_attn.hub import HubUploadError, hub_files, push_to_hub, render_model_card, save_for_hub
+from hf_rnn_attn.pipeline_translation import RNNAttnTranslationPipeline, translation_pipeline
+from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRESET_NAMES = ["bigru-bahdanau", "lstm-luong"]
+WORDS = ("el la los gato perro casa sol luna agua fuego rojo azul verde grande pequeño come bebe ve tiene "
+         "quiere").split()
+_rng = random.Random(0)
+SENTENCES = [" ".join(_rng.choice(WORDS) for _ in range(_rng.randint(2, 5))) for _ in range(100)]
+SOURCES = [SENTENCES[0], "el gato come", SENTENCES[1], "la luna azul tiene agua"]
+METRICS = {"bleu": 23.45, "chrf": 51.2, "bleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"}
+DATASET_INFO = {"name": "Toy word strings", "split": "test", "train_pairs": 100}
+TRAINING_INFO = {"steps": 40, "hardware": "2 CPU cores"}
+GENERATION_SETTINGS = [{"max_new_tokens": 12}, {"max_new_tokens": 12, "num_beams": 3}]
+EXPECTED_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                  "tokenizer_config.json", "configuration_rnn_attn.py", "modeling_rnn_attn.py", "attention.py",
+                  "decoder_state.py", "pipeline_translation.py"}
+
+
+# -------------------------------------------------------------------------------- tiny trained models (fixtures)
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_translation_tokenizer(SENTENCES, SENTENCES, vocab_size=60)
+
+
+def train_copy_model(preset, tokenizer, steps=40, **overrides):
+    """A tiny model trained a few steps to copy its input, so that translations are not all alike."""
+    torch.manual_seed(0)
+    config = RNNAttnConfig.from_preset(preset, vocab_size=len(tokenizer), embedding_size=16, hidden_size=16,
+                                       dropout=0.0, **overrides)
+    model = RNNAttnForConditionalGeneration(config)
+    batch = tokenizer(SENTENCES, text_target=SENTENCES, padding=True, return_tensors="pt")
+    labels = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(steps):
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def reference_translations(model, tokenizer, sources, **generate_kwargs):
+    inputs = tokenizer(sources, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        output_ids = model.generate(**inputs, **generate_kwargs)
+    return tokenizer.batch_decode(output_ids, skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module", params=PRESET_NAMES)
+def saved(request, tokenizer, tmp_path_factory):
+    model = train_copy_model(request.param, tokenizer)
+    folder = tmp_path_factory.mktemp(request.param) / "model"
+    files = save_for_hub(model, tokenizer, folder, metrics=METRICS, dataset_info=DATASET_INFO, src_lang="es",
+                         tgt_lang="en", training_info=TRAINING_INFO, repo_id="someone/tiny-rnn-attn")
+    references = [reference_translations(model, tokenizer, SOURCES, **settings) for settings in GENERATION_SETTINGS]
+    return SimpleNamespace(preset=request.param, model=model, tokenizer=tokenizer, folder=folder, files=files,
+                           references=references)
+
+
+def test_tiny_models_translate_non_trivially(saved):
+    greedy = saved.references[0]
+    assert len(set(greedy)) > 1 and all(greedy)
+
+
+# ------------------------------------------------------------------------------------------ the saved folder
+
+def test_save_for_hub_writes_a_complete_repository(saved):
+    assert set(saved.files) == EXPECTED_FILES
+    config = json.loads((saved.folder / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_rnn_attn.RNNAttnConfig",
+                                  "AutoModelForSeq2SeqLM": "modeling_rnn_attn.RNNAttnForConditionalGeneration"}
+    assert config["custom_pipelines"]["translation"]["impl"] == "pipeline_translation.RNNAttnTranslationPipeline"
+    assert config["custom_pipelines"]["translation"]["pt"] == ["AutoModelForSeq2SeqLM"]
+    assert (config["src_lang"], config["tgt_lang"]) == ("es", "en")
+
+
+def test_save_for_hub_leaves_the_model_unchanged(saved):
+    for name in ("src_lang", "tgt_lang", "custom_pipelines"):
+        assert not hasattr(saved.model.config, name)
+
+
+def test_save_for_hub_rejects_bad_arguments(saved, tmp_path):
+    with pytest.raises(ValueError, match="tokenizer"):
+        save_for_hub(saved.model, None, tmp_path / "no-tokenizer")
+    with pytest.raises(TypeError, match="RNNAttn model"):
+        save_for_hub(torch.nn.Linear(2, 2), saved.tokenizer, tmp_path / "not-a-model")
+
+
+def test_save_for_hub_warns_about_leftover_files(saved, tmp_path, caplog):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"old weights")
+    files = save_for_hub(saved.model, saved.tokenizer, tmp_path)
+    assert "pytorch_model.bin" in files  # it is in the folder, so it would be uploaded: say so
+    assert "pytorch_model.bin" in caplog.text and "earlier save" in caplog.text
+
+
+def test_dry_run_lists_exactly_the_folder(saved, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a dry run must not contact the Hub")
+
+    monkeypatch.setattr(HfApi, "create_repo", no_network)
+    monkeypatch.setattr(HfApi, "upload_folder", no_network)
+    on_disk = sorted(str(path.relative_to(saved.folder)) for path in saved.folder.rglob("*") if path.is_file())
+    assert push_to_hub(saved.folder, "someone/tiny-rnn-attn", dry_run=True) == on_disk == saved.files
+
+
+def test_hub_files_skip_git_and_caches(tmp_path):
+    for name in ("config.json", ".git/HEAD", "__pycache__/x.cpython-311.pyc", "sub/__pycache__/y.pyc", "sub/a.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert hub_files(tmp_path) == ["config.json", "sub/a.txt"]
+
+
+# ---------------------------------------------------------------------------- loading without the package
+
+WITHOUT_PACKAGE = r"""
+import json, sys
+# Hide hf_rnn_attn even if it is installed (editable or not): any import of it now raises ImportError.
+sys.modules["hf_rnn_attn"] = None
+try:
+    import hf_rnn_attn
+except ImportError:
+    pass
+else:
+    raise SystemExit("hf_rnn_attn is importable")
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
+
+folder, sources, settings = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+translator = pipeline("translation", model=folder, trust_remote_code=True, device="cpu")
+result = {"model_module": type(model).__module__, "pipeline_module": type(translator).__module__,
+          "pipeline_model_module": type(translator.model).__module__,
+          "package_modules": sorted(name for name, module in sys.modules.items()
+                                    if name.startswith("hf_rnn_attn") and module is not None),
+          "generate": [], "pipeline": []}
+inputs = tokenizer(sources, padding=True, return_tensors="pt")
+for kwargs in settings:
+    result["generate"].append(tokenizer.batch_decode(model.generate(**inputs, **kwargs), skip_special_tokens=True))
+    result["pipeline"].append([records[0]["translation_text"]
+                               for records in translator(sources, batch_size=2, **kwargs)])
+print(json.dumps(result))
+"""
+
+
+def run_without_package(script, cwd, *args):
+    """Runs `script` in a fresh isolated interpreter (-I: no PYTHONPATH, no cwd on sys.path) that cannot import
+    hf_rnn_attn, with its own HF_HOME so that remote code is copied afresh."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HOME=str(cwd / "hf_home"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, "-I", "-c", script, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_folder_loads_and_translates_without_the_package(saved, tmp_path):
+    completed = run_without_package(WITHOUT_PACKAGE, tmp_path, str(saved.folder), json.dumps(SOURCES),
+                                    json.dumps(GENERATION_SETTINGS))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["package_modules"] == []
+    for module in ("model_module", "pipeline_module", "pipeline_model_module"):
+        assert result[module].startswith("transformers_modules."), result[module]
+    assert result["generate"] == saved.references
+    assert result["pipeline"] == saved.references
+    # Loading copies the code elsewhere (HF_HOME); the folder still holds exactly what an upload would send.
+    assert push_to_hub(saved.folder, "someone/tiny-rnn-attn", dry_run=True) == saved.files
+
+
+# ---------------------------------------------------------------------------------- the pipeline in-process
+
+@pytest.fixture(scope="module")
+def translator(saved):
+    return translation_pipeline(saved.model, saved.tokenizer, device="cpu", max_new_tokens=12)
+
+
+def test_pipeline_output_format(translator, saved):
+    single = translator(SOURCES[0])
+    assert single == [{"translation_text": saved.references[0][0]}]
+    assert translator(SOURCES) == [[{"translation_text": text}] for text in saved.references[0]]
+
+
+def test_pipeline_batching_and_generation_kwargs(translator, saved):
+    beams = [records[0]["translation_text"] for records in translator(SOURCES, batch_size=3, num_beams=3)]
+    assert beams == saved.references[1]
+    pairs = translator(SOURCES, batch_size=2, num_beams=3, num_return_sequences=2)
+    assert [len(records) for records in pairs] == [2] * len(SOURCES)
+    assert [records[0]["translation_text"] for records in pairs] == saved.references[1]
+    one_token = translator(SOURCES, max_new_tokens=1)
+    assert all(len(saved.tokenizer(records[0]["translation_text"], add_special_tokens=False)["input_ids"]) <= 1
+               for records in one_token)
+
+
+def test_pipeline_records_languages(saved):
+    saved.model.config.src_lang, saved.model.config.tgt_lang = "es", "en"
+    try:
+        translator = translation_pipeline(saved.model, saved.tokenizer, device="cpu", max_new_tokens=4)
+        assert (translator.src_lang, translator.tgt_lang) == ("es", "en")
+        translator(SOURCES[0], src_lang="es", tgt_lang="en")
+        with pytest.raises(ValueError, match="tgt_lang='en'"):
+            translator(SOURCES[0], tgt_lang="fr")
+    finally:
+        del saved.model.config.src_lang, saved.model.config.tgt_lang
+
+
+def test_pipeline_rejects_bad_inputs(translator, saved):
+    with pytest.raises(ValueError, match="must be strings"):
+        translator([3])
+    with pytest.raises(ValueError, match="tokenizer"):
+        translation_pipeline(saved.model)
+
+
+def test_translation_pipeline_from_folder(saved):
+    translator = translation_pipeline(saved.folder, device="cpu", max_new_tokens=12)
+    assert isinstance(translator, RNNAttnTranslationPipeline)
+    assert [records[0]["translation_text"] for records in translator(SOURCES)] == saved.references[0]
+
+
+# ---------------------------------------------------------------------------------------------- model card
+
+def front_matter(card_text):
+    assert card_text.startswith("---\n")
+    header, _, body = card_text[4:].partition("\n---\n")
+    return yaml.safe_load(header), body
+
+
+def indexed_metrics(metadata):
+    return {metric["type"]: metric["value"] for metric in metadata["model-index"][0]["results"][0]["metrics"]}
+
+
+PRESET_MARKERS = {
+    "bigru-bahdanau": [r"h_i = [\overrightarrow{h}_i ; \overleftarrow{h}_i]", r"s_0 = \overleftarrow{h}_1",
+                       r"h_t = \mathrm{GRU}([\mathrm{emb}(y_{t-1}) ; c_{t-1}], h_{t-1})",
+                       r"v^\top \tanh(W_1 h_t + W_2 h_i)", r"W_o [h_t ; c_t] + b_o"],
+    "lstm-luong": ["2-layer LSTM", r"(s_0^{(l)}, m_0^{(l)}) = (h_S^{(l)}, m_S^{(l)})",
+                   r"h_t = \mathrm{LSTM}(\mathrm{emb}(y_{t-1}), \mathrm{state}_{t-1})", r"e_{ti} = h_t^\top W h_i",
+                   r"o_t = \tanh(W_c [h_t ; c_t])", r"\mathrm{softmax}(W_s o_t)"],
+}
+
+
+def test_model_card_front_matter_and_body(saved):
+    text = (saved.folder / "README.md").read_text(encoding="utf-8")
+    metadata, body = front_matter(text)
+    assert metadata["license"] == "apache-2.0"
+    assert metadata["pipeline_tag"] == "translation"
+    assert metadata["language"] == ["es", "en"]
+    assert "datasets" not in metadata  # a name without a Hub id is not a dataset id
+    assert metadata["model-index"][0]["results"][0]["dataset"]["name"] == "Toy word strings"
+    assert set(metadata["metrics"]) == {"bleu", "chrf"}
+    assert saved.preset in metadata["tags"]
+    assert indexed_metrics(metadata) == {"bleu": 23.45, "chrf": 51.2}
+    assert ModelCard(text).data.eval_results[0].metric_value == 23.45  # the Hub's own parser agrees
+    for marker in PRESET_MARKERS[saved.preset]:
+        assert marker in body
+    assert not re.search(r"\{\{\s*>?\s*[\w.-]+\s*\}\}", text)  # every template slot was filled
+    assert "| BLEU | 23.45 |" in body and "| chrF | 51.20 |" in body
+    assert METRICS["bleu_signature"] in body
+    assert "- Steps: 40" in body and "- Train pairs: 100" in body
+    assert 'trust_remote_code=True' in body and "someone/tiny-rnn-attn" in body
+    assert "uses the `" + saved.preset + "` preset as published" in body
+
+
+def test_model_card_never_invents_numbers(saved):
+    partial = render_model_card(saved.model, metrics={"eval_bleu": 10.0})
+    metadata, body = front_matter(partial)
+    assert indexed_metrics(metadata) == {"bleu": 10.0}
+    assert "| chrF | not measured |" in body
+    metadata, body = front_matter(render_model_card(saved.model))
+    assert "model-index" not in metadata and "metrics" not in metadata and "language" not in metadata
+    assert "| BLEU | not measured |" in body and "| chrF | not measured |" in body
+    assert body.count("Not recorded.") == 2  # training data and budget
+
+
+def test_model_card_links_a_hub_dataset(saved):
+    metadata, body = front_matter(render_model_card(saved.model, metrics={"chrf": 40.0},
+                                                    dataset_info={"id": "someone/toy", "split": "validation"}))
+    assert metadata["datasets"] == ["someone/toy"]
+    assert metadata["model-index"][0]["results"][0]["dataset"] == {"name": "someone/toy", "type": "someone/toy",
+                                                                   "split": "validation"}
+    assert "https://huggingface.co/datasets/someone/toy" in body
+
+
+def test_model_card_names_a_variant_and_its_score(tokenizer):
+    model = train_copy_model("lstm-luong", tokenizer, steps=0, attention_score="additive")
+    metadata, body = front_matter(render_model_card(model))
+    assert "lstm-luong" in metadata["tags"]
+    assert "departs from the `lstm-luong` preset" in body and "`attention_score='additive'`" in body
+    assert r"e_{ti} = v^\top \tanh(W_1 h_t + W_2 h_i)" in body
+
+
+# ----------------------------------------------------------------------------------------- push (no network)
+
+def test_failed_upload_raises_a_clear_error(saved, monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(HfApi, "create_repo", unreachable)
+    with pytest.raises(HubUploadError, match=r"Could not upload .* 'someone/tiny-rnn-attn': ConnectionError"):
+        push_to_hub(saved.folder, "someone/tiny-rnn-attn")
+
+
+def test_push_rejects_bad_folders_and_ids(saved, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        push_to_hub(tmp_path / "missing", "someone/x", dry_run=True)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        push_to_hub(tmp_path, "someone/x", dry_run=True)
+    with pytest.raises(ValueError, match="Repo id"):
+        push_to_hub(saved.folder, "not a/valid//id", dry_run=True)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+def test_cli_translate_stdin_to_stdout(saved, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    lines = [SOURCES[0], "", SOURCES[1], SOURCES[2], SOURCES[3]]
+    completed = subprocess.run(
+        [sys.executable, "-m", "hf_rnn_attn.cli", "translate", "--model", str(saved.folder), "--batch_size", "2",
+         "--max_new_tokens", "12", "--device", "cpu"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, encoding="utf-8", env=env, cwd=tmp_path,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    greedy = saved.references[0]
+    assert completed.stdout.split("\n") == [greedy[0], "", greedy[1], greedy[2], greedy[3], ""]
+
+
+def test_cli_translate_file_to_file(saved, tmp_path):
+    source = tmp_path / "source.txt"
+    source.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
+    output = tmp_path / "out.txt"
+    status = cli.main(["translate", "--model", str(saved.folder), "--input", str(source), "--output", str(output),
+                       "--num_beams", "3", "--max_new_tokens", "12", "--batch_size", "3", "--device", "cpu"])
+    assert status == 0
+    assert output.read_text(encoding="utf-8").split("\n") == [*saved.references[1], ""]
+
+
+@pytest.mark.parametrize("problem", ["missing-model", "no-config", "missing-input", "not-utf8", "no-output-dir"])
+def test_cli_translate_errors(problem, saved, tmp_path, capsys):
+    arguments = {"--model": str(saved.folder), "--input": str(tmp_path / "source.txt")}
+    (tmp_path / "source.txt").write_text("el gato\n", encoding="utf-8")
+    expected = {"missing-model": "does not exist", "no-config": "has no config.json",
+                "missing-input": "cannot read input .*No such file", "not-utf8": "not UTF-8",
+                "no-output-dir": "cannot write --output"}[problem]
+    if problem == "missing-model":
+        arguments["--model"] = str(tmp_path / "nowhere")
+    elif problem == "no-config":
+        arguments["--model"] = str(tmp_path)
+    elif problem == "missing-input":
+        arguments["--input"] = str(tmp_path / "nothing.txt")
+    elif problem == "not-utf8":
+        (tmp_path / "source.txt").write_bytes(b"caf\xe9\n")
+    else:
+        arguments["--output"] = str(tmp_path / "no" / "such" / "dir" / "out.txt")
+    status = cli.main(["translate", *[part for pair in arguments.items() for part in pair]])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("hf-rnn-attn translate: error: ")
+    assert re.search(expected, err), err
+
+
+def test_cli_push_dry_run_and_failure(saved, capsys, monkeypatch):
+    assert cli.main(["push", "--folder", str(saved.folder), "--repo_id", "someone/tiny", "--dry_run"]) == 0
+    assert capsys.readouterr().out.split() == saved.files
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(HfApi, "create_repo", unreachable)
+    assert cli.main(["push", "--folder", str(saved.folder), "--repo_id", "someone/tiny"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Could not upload" in err
+    assert cli.main(["push", "--folder", str(saved.folder / "missing"), "--repo_id", "someone/tiny"]) == 2
