@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v diatheke >/dev/null || [ ! -d /usr/share/sword/modules/texts/ztext/sparv ] \
-    || [ ! -d /usr/share/sword/modules/texts/ztext/web ]; then
+if ! command -v diatheke >/dev/null || [ ! -d /usr/share/sword/modules/texts/ztext/spaRV1909eb ] \
+    || [ ! -d /usr/share/sword/modules/texts/ztext/engWEB2015eb ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq diatheke sword-text-sparv sword-text-web >/dev/null
