@@ -6,7 +6,7 @@ Usage:
     hf-rnn-attn push --folder runs/bigru-bahdanau/model --repo_id you/rnn-attn-es-en --dry_run
 
 Reads the model from RUN_DIR/trainer, test scores from RUN_DIR/test-beam5 and RUN_DIR/test-beam1 (written by
-scripts/evaluate.py) and the training budget from the trainer state.
+scripts/evaluate_model.py) and the training budget from the trainer state.
 """
 
 import json

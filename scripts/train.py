@@ -81,7 +81,6 @@ def main(argv=None):
         decoder_start_token_id=tokenizer.bos_token_id, src_lang=data_args.source_lang,
         tgt_lang=data_args.target_lang, **overrides)
     model = RNNAttnForConditionalGeneration(config)
-    model.generation_config.max_length = training_args.generation_max_length or data_args.max_target_length
     model.generation_config.num_beams = training_args.generation_num_beams or 1
 
     with training_args.main_process_first(desc="tokenizing"):

@@ -1,9 +1,9 @@
 """Translate one split with a trained model and score it with BLEU and chrF (sacreBLEU), offline.
 
 Usage:
-    python scripts/evaluate.py --model runs/bigru --dataset data/bible-es-en --split test --num_beams 5 \
+    python scripts/evaluate_model.py --model runs/bigru --dataset data/bible-es-en --split test --num_beams 5 \
         --output_dir runs/bigru/eval-test-beam5
-    python scripts/evaluate.py --model runs/bigru --num_beams 1 --max_samples 200 --output_dir /tmp/greedy
+    python scripts/evaluate_model.py --model runs/bigru --num_beams 1 --max_samples 200 --output_dir /tmp/greedy
 
 Writes hypotheses.txt (one line per source, in order) and metrics.json (BLEU, chrF, signatures, settings).
 """
