@@ -139,7 +139,7 @@ def gru_cell(input_gates, hidden, weight_hh, bias_hh):
     reset = torch.sigmoid(i_r + h_r)
     update = torch.sigmoid(i_z + h_z)
     candidate = torch.tanh(i_n + reset * h_n)
-    return (1 - update) * candidate + update * hidden, None
+    return (1 - update) * candidate + update * hidden
 
 
 def lstm_cell(input_gates, hidden, cell, weight_hh, bias_hh):
@@ -248,7 +248,7 @@ class RNNAttnDecoder(nn.Module):
                     gates = F.linear(below, getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"bias_ih_l{layer}"))
                 weight_hh, bias_hh = getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
                 if cell[layer] is None:
-                    hidden[layer], _ = gru_cell(gates, hidden[layer], weight_hh, bias_hh)
+                    hidden[layer] = gru_cell(gates, hidden[layer], weight_hh, bias_hh)
                 else:
                     hidden[layer], cell[layer] = lstm_cell(gates, hidden[layer], cell[layer], weight_hh, bias_hh)
             step_context, step_weights = attend(self.score(hidden[-1].unsqueeze(1), state.projected_keys),
