@@ -12,7 +12,7 @@ scripts/evaluate_model.py) and the training budget from the trainer state.
 import json
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,8 @@ class HubFolderArguments:
     run_dir: str
     output_dir: str
     dataset: str = "data/bible-es-en"
+    repo_id: str | None = field(default=None, metadata={"help": "Hub id the card's examples load from; "
+                                                                "default rnn-attn-<preset>-<src>-<tgt>"})
     source_lang: str = "es"
     target_lang: str = "en"
 
@@ -57,10 +59,13 @@ def main(argv=None):
         "name": "Reina-Valera 1909 (es) / World English Bible (en), verse-aligned, from Debian's SWORD packages",
         "split": "test",
         "description": "Public-domain texts; the split keeps whole chapters in one split.",
+        "decoding": "BLEU and chrF with beam search (5 beams); greedy_bleu and greedy_chrf with greedy decoding",
         **{f"{split}_pairs": count for split, count in stats.get("pairs", {}).items()},
     }
+    repo_id = args.repo_id or f"rnn-attn-{run.name}-{args.source_lang}-{args.target_lang}"
     files = save_for_hub(model, tokenizer, args.output_dir, metrics=metrics, dataset_info=dataset_info,
-                         src_lang=args.source_lang, tgt_lang=args.target_lang, training_info=training_info)
+                         src_lang=args.source_lang, tgt_lang=args.target_lang, training_info=training_info,
+                         repo_id=repo_id)
     print(f"wrote {len(files)} files to {args.output_dir}: {', '.join(files)}")
 
 
