@@ -8,6 +8,7 @@ K encoder output size (2 x encoder hidden size when bidirectional), L layers, V 
 """
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +17,13 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .attention import SCORES, attend
 from .configuration_rnn_attn import RNNAttnConfig
 from .decoder_state import RNNAttnState
 
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------- input checks
 
@@ -97,6 +99,34 @@ def build_rnn(config, input_size, hidden_size, num_layers, bidirectional=False):
                      dropout=config.dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
 
 
+@cache
+def cpu_autocast_supports(rnn_class, dtype):
+    """Whether `rnn_class` runs under CPU autocast to `dtype` on this CPU.
+
+    oneDNN's bf16 LSTM needs AVX-512 (it fails with "could not create a primitive descriptor" on AVX2-only
+    CPUs), so ask the kernel itself once, with a 1-token input, rather than guess from CPU flags.
+    """
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            rnn_class(2, 2)(torch.zeros(1, 1, 2))
+        return True
+    except RuntimeError:
+        return False
+
+
+def run_rnn(rnn, inputs, state=None):
+    """`rnn(inputs, state)`; in fp32 where CPU autocast asks for a precision this CPU's RNN kernel lacks."""
+    dtype = torch.get_autocast_dtype("cpu")
+    if (torch.is_autocast_enabled("cpu") and rnn.weight_hh_l0.device.type == "cpu"
+            and not cpu_autocast_supports(type(rnn), dtype)):
+        logger.warning_once(f"This CPU has no {dtype} kernel for {type(rnn).__name__}; it runs in float32.")
+        with torch.autocast("cpu", enabled=False):
+            if state is not None:
+                state = tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()
+            return rnn(inputs.float(), state)
+    return rnn(inputs, state)
+
+
 class RNNAttnEncoder(nn.Module):
     """Embeddings and a (bi)directional stacked GRU/LSTM over the packed source."""
 
@@ -118,7 +148,7 @@ class RNNAttnEncoder(nn.Module):
         lengths = check_source_mask(attention_mask, input_ids, self.config)
         embedded = self.dropout(self.embed_tokens(input_ids))  # B x S x E
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_states, final = self.rnn(packed)
+        packed_states, final = run_rnn(self.rnn, packed)
         states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=input_ids.size(1))  # B x S x K
         final_hidden, final_cell = final if isinstance(final, tuple) else (final, None)
         output = RNNAttnEncoderOutput(
@@ -211,7 +241,7 @@ class RNNAttnDecoder(nn.Module):
         if self.config.input_feeding:
             top, context, weights, hidden, cell = self._unroll_with_input_feeding(embedded, state, keys, attention_mask)
         else:
-            top, final = self.rnn(embedded, state.rnn_state())  # B x T x H: one call over all steps
+            top, final = run_rnn(self.rnn, embedded, state.rnn_state())  # B x T x H: one call over all steps
             final_hidden, final_cell = final if isinstance(final, tuple) else (final, None)
             hidden = final_hidden.transpose(0, 1)
             cell = None if final_cell is None else final_cell.transpose(0, 1)

@@ -208,3 +208,28 @@ def test_bf16_autocast_trains_gru_and_lstm_close_to_fp32(preset, one_thread):
     assert full_dtype == torch.float32 and half_dtype == torch.bfloat16  # autocast really ran in bf16
     assert half == pytest.approx(full, abs=0.02)
     assert half[-1] < half[0]
+
+
+def test_bf16_autocast_falls_back_to_fp32_rnn_on_a_cpu_without_bf16_kernels():
+    """An AVX2-only CPU (emulated by capping oneDNN's and ATen's instruction sets) has no bf16 LSTM kernel:
+    the model must still train under bf16 autocast, running that RNN in fp32, and say so once."""
+    script = """
+import torch
+from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
+from hf_rnn_attn.modeling_rnn_attn import cpu_autocast_supports
+torch.manual_seed(0)
+model = RNNAttnForConditionalGeneration(RNNAttnConfig.from_preset("lstm-luong", vocab_size=30, embedding_size=8,
+                                                                  hidden_size=8))
+ids = torch.randint(4, 30, (2, 5))
+for _ in range(2):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(input_ids=ids, labels=ids)
+    output.loss.backward()
+    model.generate(input_ids=ids, max_new_tokens=3, num_beams=2)
+print("lstm bf16 kernel:", cpu_autocast_supports(torch.nn.LSTM, torch.bfloat16), "loss", output.loss.item())
+"""
+    env = {**ENV, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "lstm bf16 kernel: False" in result.stdout
+    assert result.stderr.count("no torch.bfloat16 kernel for LSTM; it runs in float32") == 1
