@@ -291,6 +291,10 @@ def export_translation_corpus(
     `max_pairs` keeps the first pairs in Bible order. `validation_size` and `test_size` are for the whole
     Bible; a slice (`books`, `max_pairs`) gets them scaled by its share of the Bible's verses, at least one.
     """
+    for name, value in (("validation_size", validation_size), ("test_size", test_size), ("max_pairs", max_pairs)):
+        # A slice's split sizes are rounded up to 1, and a negative max_pairs would drop pairs from the end.
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     if {source_lang, target_lang} != set(MODULES):
         raise ValueError(
             f"unsupported language pair {source_lang!r}->{target_lang!r}; this corpus supports es->en and en->es"

@@ -4,7 +4,12 @@ The two seed architectures are two points in one space of orthogonal choices (ce
 score, input feeding, decoder-state initialisation, output layer); `RNNAttnConfig.from_preset` names them.
 """
 
-from transformers import PretrainedConfig
+import difflib
+import inspect
+import math
+from dataclasses import fields
+
+from transformers import GenerationConfig, PretrainedConfig
 
 RNN_CELLS = ("gru", "lstm")
 ATTENTION_SCORES = ("additive", "dot", "general", "location")
@@ -26,6 +31,19 @@ PRESETS = {
 }
 
 
+# Keys `**kwargs` may carry besides this config's own arguments: what `PretrainedConfig` stores or consumes, generation
+# defaults it drops, what `save_pretrained` and `save_for_hub` write into config.json, and our language codes.
+# Anything else is a typo (`attention_scroe="dot"` would silently build an additive model) and is refused.
+_KNOWN_EXTRA_KEYS = frozenset({
+    *(field.name for field in fields(PretrainedConfig)),
+    *(name for name, value in inspect.getmembers(PretrainedConfig) if isinstance(value, property) and value.fset),
+    *GenerationConfig().__dict__,
+    "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash", "attn_implementation", "experts_implementation",
+    "_attn_implementation_internal", "_experts_implementation_internal",
+    "model_type", "auto_map", "custom_pipelines", "src_lang", "tgt_lang",
+})
+
+
 def _check_choice(name, value, valid):
     if value not in valid:
         raise ValueError(f"`{name}` must be one of {list(valid)}, got {value!r}.")
@@ -34,6 +52,31 @@ def _check_choice(name, value, valid):
 def _check_positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _check_bool(name, value):
+    # A string such as "false" is truthy: it would silently switch the option on.
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def _check_number(name, value, low, high=None):
+    """`value` must be a real number in [low, high) (or `> low` when `high` is None)."""
+    in_range = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and (low <= value < high if high is not None else value > low))
+    if not in_range:
+        expected = f"in [{low}, {high})" if high is not None else f"a number above {low}"
+        raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+
+
+def _check_known_keys(cls, kwargs):
+    known = set(inspect.signature(cls.__init__).parameters) | _KNOWN_EXTRA_KEYS | set(cls.attribute_map)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        own = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs")]
+        hints = [f"{name!r} (did you mean {match[0]!r}?)" if (match := difflib.get_close_matches(name, own, n=1))
+                 else repr(name) for name in unknown]
+        raise ValueError(f"Unknown {cls.__name__} argument(s): {', '.join(hints)}. Valid arguments: {own}.")
 
 
 class RNNAttnConfig(PretrainedConfig):
@@ -74,6 +117,11 @@ class RNNAttnConfig(PretrainedConfig):
         init_range (`float`, defaults to 0.1): parameters start uniform in `[-init_range, init_range]`.
         tie_word_embeddings (`bool`, defaults to `False`): share the decoder embedding with the output
             projection (needs the output layer's input size to equal `embedding_size`).
+        use_cache (`bool`, defaults to `True`): whether `forward` returns the decoder state as `past_key_values`
+            (what generate() feeds back to decode one token per step), when the call does not say.
+        kwargs: what `PretrainedConfig` takes (token ids, `dtype`, ...) and `src_lang` / `tgt_lang`, the language
+            codes of the direction the model translates. Any other key, such as a misspelt field, raises
+            `ValueError` rather than being stored and ignored.
     """
 
     model_type = "rnn_attn"
@@ -100,6 +148,7 @@ class RNNAttnConfig(PretrainedConfig):
         max_source_positions=None,
         init_range=0.1,
         tie_word_embeddings=False,
+        use_cache=True,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
@@ -107,6 +156,7 @@ class RNNAttnConfig(PretrainedConfig):
         is_encoder_decoder=True,
         **kwargs,
     ):
+        _check_known_keys(type(self), kwargs)
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
         self.hidden_size = hidden_size
@@ -124,6 +174,7 @@ class RNNAttnConfig(PretrainedConfig):
         self.dropout = dropout
         self.max_source_positions = max_source_positions
         self.init_range = init_range
+        self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -179,8 +230,12 @@ class RNNAttnConfig(PretrainedConfig):
         for name in ("vocab_size", "embedding_size", "hidden_size", "encoder_hidden_size", "encoder_layers",
                      "decoder_layers", "attention_hidden_size"):
             _check_positive(name, getattr(self, name))
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
+        for name in ("bidirectional_encoder", "input_feeding", "tie_word_embeddings", "use_cache"):
+            _check_bool(name, getattr(self, name))
+        _check_number("dropout", self.dropout, 0, 1)
+        _check_number("init_range", self.init_range, 0)
+        if self.max_source_positions is not None:
+            _check_positive("max_source_positions", self.max_source_positions)
         if self.attention_score == "dot" and self.hidden_size != self.encoder_output_size:
             raise ValueError(
                 f"attention_score='dot' needs hidden_size == encoder output size, got hidden_size="
@@ -188,10 +243,8 @@ class RNNAttnConfig(PretrainedConfig):
                 f"{self.encoder_hidden_size}, bidirectional_encoder={self.bidirectional_encoder}); use 'general' "
                 f"or 'additive', or change the sizes."
             )
-        if self.attention_score == "location":
-            if self.max_source_positions is None:
-                raise ValueError("attention_score='location' needs `max_source_positions` (an int), got None.")
-            _check_positive("max_source_positions", self.max_source_positions)
+        if self.attention_score == "location" and self.max_source_positions is None:
+            raise ValueError("attention_score='location' needs `max_source_positions` (an int), got None.")
         if self.decoder_state_init == "backward" and not self.bidirectional_encoder:
             raise ValueError(
                 "decoder_state_init='backward' needs bidirectional_encoder=True; use 'final' or 'zeros'."

@@ -13,13 +13,16 @@ names the model code (`auto_map`) and the translation pipeline (`custom_pipeline
 next to the weights.
 """
 
+import json
 import logging
 import re
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCardData
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCardData
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForSeq2SeqLM
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_rnn_attn import PRESETS, RNNAttnConfig
@@ -28,8 +31,14 @@ from .pipeline_translation import RNNAttnTranslationPipeline
 logger = logging.getLogger(__name__)
 
 MODEL_CARDS_DIR = Path(__file__).parent / "model_cards"
-# Python caches appear next to code files when someone imports them in place; they are never part of a model.
-HUB_IGNORE_PATTERNS = [*DEFAULT_IGNORE_PATTERNS, "__pycache__", "__pycache__/*", "*/__pycache__/*", "*.pyc"]
+# An upload sends these files, the weight shards and the code files config.json names, nothing else: a model
+# folder may also hold checkpoints, optimizer states, `training_args.bin` (which can hold a Hub token), `.env`
+# files or links to anywhere on disk.
+HUB_FILES = ("README.md", "config.json", "generation_config.json", "model.safetensors",
+             "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "added_tokens.json")
+_WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+TRAINING_RUN_MARKERS = ("trainer_state.json", "training_args.bin", "optimizer.pt")
 NOT_MEASURED = "not measured"
 NOT_RECORDED = "Not recorded."
 # Metrics that go into the card's `model-index`: key in `metrics` -> (Hub metric type, display name).
@@ -81,6 +90,10 @@ def save_for_hub(model, tokenizer, output_dir, metrics=None, dataset_info=None, 
 
     Returns:
         `list[str]`: every file in `output_dir` that `push_to_hub` would upload, as sorted relative paths.
+
+    Raises:
+        `FileExistsError`: `output_dir` holds a training run (checkpoints, `trainer_state.json`...), whose weights
+            and config this would overwrite.
     """
     if not isinstance(getattr(model, "config", None), RNNAttnConfig):
         raise TypeError(f"save_for_hub needs an RNNAttn model (config RNNAttnConfig), got {type(model).__name__}.")
@@ -89,6 +102,11 @@ def save_for_hub(model, tokenizer, output_dir, metrics=None, dataset_info=None, 
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"`output_dir` {output_dir} exists and is not a folder.")
+    run_files = sorted(path.name for path in output_dir.glob("*")
+                       if path.name in TRAINING_RUN_MARKERS or path.name.startswith("checkpoint-"))
+    if run_files:
+        raise FileExistsError(f"`output_dir` {output_dir} holds a training run ({', '.join(run_files)}); saving "
+                              f"there would overwrite its weights and config. Choose another folder.")
     output_dir.mkdir(parents=True, exist_ok=True)
     earlier_files = {path: (output_dir / path).stat().st_mtime_ns for path in hub_files(output_dir)}
 
@@ -327,7 +345,11 @@ def _facts_text(info, lines, handled=()):
 # --------------------------------------------------------------------------------------------------- upload
 
 def check_model_folder(folder):
-    """Raises a clear error unless `folder` is a saved model (a folder with a `config.json`)."""
+    """Raises a clear error unless `folder` holds a whole saved model: config.json, weights and tokenizer.json.
+
+    Their headers are read, so that a truncated or corrupted file is named here rather than failing deep
+    inside loading. Returns the folder as a `Path`.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"Model folder {folder} does not exist.")
@@ -336,40 +358,102 @@ def check_model_folder(folder):
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json, so it is not a saved model; write one with "
                                 f"hf_rnn_attn.hub.save_for_hub.")
+    _read_json(folder / "config.json")
+    for path in weight_files(folder):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a readable safetensors file ({error}): it is corrupted or truncated; "
+                             f"save or download the model again.") from error
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder} has no tokenizer.json; save the tokenizer with the model "
+                                f"(tokenizer.save_pretrained, or hf_rnn_attn.hub.save_for_hub).")
+    _read_json(folder / "tokenizer.json")
     return folder
 
 
-def hub_files(folder):
-    """The files of `folder` that an upload sends: sorted relative POSIX paths, without `.git`, caches, `*.pyc`."""
+def weight_files(folder):
+    """The safetensors files holding the weights: model.safetensors, or the shards its index names."""
     folder = Path(folder)
-    paths = sorted(path.relative_to(folder).as_posix() for path in folder.glob("**/*") if path.is_file())
-    return list(filter_repo_objects(paths, ignore_patterns=HUB_IGNORE_PATTERNS))
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{folder} has no model weights (model.safetensors); save the model with "
+                                f"save_pretrained or hf_rnn_attn.hub.save_for_hub.")
+    shards = [folder / name for name in sorted(set(_read_json(index).get("weight_map", {}).values()))]
+    missing = [path.name for path in shards if not path.is_file()]
+    if not shards or missing:
+        raise FileNotFoundError(f"{index} names weight shards that are missing: {missing or 'none listed'}.")
+    return shards
+
+
+def _read_json(path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): it is corrupted or truncated; save or download the "
+                         f"model again.") from error
+
+
+def hub_files(folder):
+    """The files of `folder` that an upload sends, sorted: the model files (`HUB_FILES`, weight shards) and the
+    model and pipeline code that config.json names in `auto_map` and `custom_pipelines`, with the sibling files
+    it imports. Symbolic links are never sent: their targets could be anything."""
+    folder = Path(folder)
+    names = {path.name for path in folder.glob("*") if path.is_file() and not path.is_symlink()
+             and (path.name in HUB_FILES or _WEIGHT_SHARD.fullmatch(path.name))}
+    for path in _code_files(folder):
+        if path.is_file() and not path.is_symlink():
+            names.add(path.name)
+    return sorted(names)
+
+
+def _code_files(folder):
+    """The code files that config.json points at (`"module.Class"` references), and those they import."""
+    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    references = list((config.get("auto_map") or {}).values())
+    references += [task.get("impl", "") for task in (config.get("custom_pipelines") or {}).values()]
+    # A reference may name another repository ("user/repo--module.Class") or a list (tokenizers).
+    references = [reference for entry in references for reference in (entry if isinstance(entry, list) else [entry])]
+    modules = {reference.split("--")[-1].rpartition(".")[0] for reference in references if reference}
+    files = [folder / f"{module}.py" for module in modules if module and (folder / f"{module}.py").is_file()]
+    return files + [Path(path) for file in files for path in get_relative_import_files(file)]
 
 
 def push_to_hub(folder, repo_id, dry_run=False, token=None, private=False, commit_message="Upload RNNAttn model"):
     """Upload a folder written by `save_for_hub` to the Hub model repository `repo_id` (created if missing).
 
-    With `dry_run=True` nothing is contacted or uploaded: the return value lists the files that would be.
-    Otherwise uses `HfApi().create_repo` and `upload_folder`; `token` defaults to the saved login or `HF_TOKEN`.
+    Only the model files listed by `hub_files` are sent, never the rest of the folder. With `dry_run=True`
+    nothing is contacted or uploaded: the return value lists the files that would be. Otherwise uses
+    `HfApi().create_repo` and one `create_commit`; `token` defaults to the saved login or `HF_TOKEN`.
 
     Returns:
         `list[str]`: the uploaded (or, in a dry run, to-be-uploaded) files, as sorted relative paths.
 
     Raises:
-        `FileNotFoundError` / `NotADirectoryError`: `folder` is not a saved model.
+        `FileNotFoundError` / `NotADirectoryError`: `folder` is not a saved model (config.json, weights and
+            tokenizer.json).
+        `ValueError`: one of those files is corrupted or a symbolic link.
         `huggingface_hub.errors.HFValidationError`: `repo_id` is not a valid repository id.
         `HubUploadError`: the upload failed (no network, no token or rights, ...), with the reason.
     """
     folder = check_model_folder(folder)
     validate_repo_id(repo_id)
     files = hub_files(folder)
+    linked = sorted({"config.json", "tokenizer.json", *(path.name for path in weight_files(folder))} - set(files))
+    if linked:
+        raise ValueError(f"{folder}: {linked} are symbolic links, which are never uploaded (their targets could be "
+                         f"anything); copy the files into the folder.")
     if dry_run:
         return files
     api = HfApi(token=token)
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", commit_message=commit_message,
-                          ignore_patterns=list(HUB_IGNORE_PATTERNS))
+        api.create_commit(repo_id=repo_id, repo_type="model", commit_message=commit_message,
+                          operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name)
+                                      for name in files])
     except Exception as error:  # network, auth and server errors come in many classes; all end the same way
         raise HubUploadError(
             f"Could not upload {folder} to the Hub repository {repo_id!r}: {type(error).__name__}: "

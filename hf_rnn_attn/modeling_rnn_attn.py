@@ -13,7 +13,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
@@ -22,13 +22,19 @@ from transformers.utils import ModelOutput, logging
 from .attention import SCORES, attend
 from .configuration_rnn_attn import RNNAttnConfig
 from .decoder_state import RNNAttnState
+from .lean_decoding import beam_search, greedy_search, lean_decoding_applies
+from .linear_cross_entropy import linear_cross_entropy
 
 logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------- input checks
 
 def check_token_ids(name, ids, vocab_size, allow_ignore_index=False):
-    """Token ids must be a non-empty 2-D batch inside the vocabulary (labels may also hold -100)."""
+    """Token ids must be a non-empty 2-D integer batch inside the vocabulary (labels may also hold -100)."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of token ids, got {type(ids).__name__}.")
+    if ids.dtype not in (torch.long, torch.int):
+        raise TypeError(f"`{name}` must hold integer token ids (torch.long), got dtype {ids.dtype}.")
     if ids.dim() != 2:
         raise ValueError(f"`{name}` must have shape (batch, length), got shape {tuple(ids.shape)}.")
     if ids.numel() == 0:
@@ -40,12 +46,29 @@ def check_token_ids(name, ids, vocab_size, allow_ignore_index=False):
         raise ValueError(f"`{name}` holds token id {bad}, outside the vocabulary {allowed}.")
 
 
-def check_source_mask(attention_mask, input_ids, config):
-    """The mask must match the ids, be right-padded (what packing assumes) and keep a token in every row."""
-    if attention_mask.shape != input_ids.shape:
+def check_embeddings(name, embeds, embedding_size):
+    """Embeddings passed instead of token ids must be a float B x L x E batch."""
+    if (not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point() or embeds.dim() != 3
+            or embeds.size(-1) != embedding_size or embeds.size(1) == 0):
+        got = f"{embeds.dtype} tensor of shape {tuple(embeds.shape)}" if isinstance(embeds, torch.Tensor) \
+            else type(embeds).__name__
+        raise ValueError(f"`{name}` must be a float tensor of shape (batch, length, {embedding_size}), got {got}.")
+
+
+def check_source_mask(attention_mask, source, config, source_name="input_ids"):
+    """The mask must match the source (B x S ids or B x S x E embeddings), hold only 0 and 1, be right-padded
+    (what packing assumes) and keep a token in every row."""
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"`attention_mask` must be a torch.Tensor, got {type(attention_mask).__name__}.")
+    if attention_mask.shape != source.shape[:2]:
         raise ValueError(
-            f"`attention_mask` shape {tuple(attention_mask.shape)} does not match `input_ids` shape "
-            f"{tuple(input_ids.shape)}."
+            f"`attention_mask` shape {tuple(attention_mask.shape)} does not match `{source_name}` shape "
+            f"{tuple(source.shape[:2])}."
+        )
+    invalid = (attention_mask != 0) & (attention_mask != 1)
+    if invalid.any():
+        raise ValueError(
+            f"`attention_mask` must hold only 0 (padding) and 1 (token), got {attention_mask[invalid][0].item()}."
         )
     lengths = attention_mask.sum(dim=1)
     if (lengths == 0).any():
@@ -56,13 +79,37 @@ def check_source_mask(attention_mask, input_ids, config):
         raise ValueError(
             "`attention_mask` must be right-padded (1s then 0s in each row); set the tokenizer's padding_side='right'."
         )
-    if config.attention_score == "location" and input_ids.size(1) > config.max_source_positions:
+    if config.attention_score == "location" and source.size(1) > config.max_source_positions:
         raise ValueError(
-            f"Source length {input_ids.size(1)} exceeds max_source_positions={config.max_source_positions} of the "
+            f"Source length {source.size(1)} exceeds max_source_positions={config.max_source_positions} of the "
             f"location score; truncate the source (e.g. tokenizer(..., truncation=True, max_length="
             f"{config.max_source_positions}))."
         )
     return lengths
+
+
+def check_batch_sizes(input_ids, encoder_outputs, **targets):
+    """Targets (`labels`, `decoder_input_ids`) need one row per source: a loss over rows of another batch is
+    meaningless, and a batch of 1 would broadcast silently."""
+    source = input_ids if input_ids is not None else (encoder_outputs[0] if encoder_outputs is not None else None)
+    if not isinstance(source, torch.Tensor) or source.dim() < 2:
+        return  # no source, or not a batch: check_token_ids says what is wrong
+    for name, target in targets.items():
+        if isinstance(target, torch.Tensor) and target.dim() > 0 and target.size(0) != source.size(0):
+            raise ValueError(f"`{name}` has {target.size(0)} rows but the batch has {source.size(0)} sources; "
+                             f"pass one target row per source.")
+
+
+def check_num_beams(num_beams):
+    """generate() divides by the beam count: 0 fails with a ZeroDivisionError, a negative one deep in torch."""
+    if num_beams is not None and (not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1):
+        raise ValueError(f"`num_beams` must be a positive integer (1 for greedy decoding), got {num_beams!r}.")
+
+
+def with_config_defaults(config, **arguments):
+    """Each argument as passed, or the config's field of that name when it is None: transformers' convention for
+    `output_attentions`, `output_hidden_states`, `return_dict` and `use_cache`."""
+    return [getattr(config, name) if value is None else value for name, value in arguments.items()]
 
 
 def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
@@ -83,7 +130,8 @@ class RNNAttnEncoderOutput(ModelOutput):
         final_hidden_state: B x (L * directions) x He, each layer and direction's final hidden state, in
             `nn.GRU` order (layer 0 forward, layer 0 backward, layer 1 forward, ...).
         final_cell_state: same shape, for an LSTM encoder; else None.
-        hidden_states: (embeddings, top layer states) when `output_hidden_states`.
+        hidden_states: when `output_hidden_states`, the embeddings (B x S x E) then each layer's states
+            (B x S x K, zeros on padding); the last is `last_hidden_state`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -127,6 +175,44 @@ def run_rnn(rnn, inputs, state=None):
     return rnn(inputs, state)
 
 
+def run_rnn_layers(rnn, inputs, state=None):
+    """`run_rnn(rnn, inputs, state)` one layer at a time, to return each layer's outputs as well: a stacked
+    `nn.GRU`/`nn.LSTM` call returns the top layer's only. The same weights and computation, slower: only for
+    `output_hidden_states`.
+
+    Args:
+        rnn: a batch-first `nn.GRU` or `nn.LSTM`.
+        inputs: B x T x I, or a `PackedSequence` of them.
+        state: the initial state as `rnn` takes it ((L * directions) x B x H, a pair of them for an LSTM), or None.
+    Returns:
+        (top layer outputs, final state) as `rnn` returns them, and the outputs of each layer below the top.
+    """
+    directions = 2 if rnn.bidirectional else 1
+    lower_layers, finals = [], []
+    for layer in range(rnn.num_layers):
+        if layer > 0:
+            lower_layers.append(inputs)
+            # The dropout the stacked RNN applies between layers.
+            if isinstance(inputs, PackedSequence):
+                inputs = inputs._replace(data=F.dropout(inputs.data, rnn.dropout, rnn.training))
+            else:
+                inputs = F.dropout(inputs, rnn.dropout, rnn.training)
+        one_layer = type(rnn)(rnn.input_size if layer == 0 else directions * rnn.hidden_size, rnn.hidden_size,
+                              batch_first=rnn.batch_first, bidirectional=rnn.bidirectional, device="meta")
+        for name, _ in list(one_layer.named_parameters()):  # share layer `layer`'s parameters
+            setattr(one_layer, name, getattr(rnn, name.replace("_l0", f"_l{layer}")))
+        layer_state = None
+        if state is not None:
+            rows = slice(layer * directions, (layer + 1) * directions)
+            layer_state = tuple(s[rows] for s in state) if isinstance(state, tuple) else state[rows]
+        # cuDNN would move the shared parameters into a weight buffer of `one_layer`, out of `rnn`'s own.
+        with torch.backends.cudnn.flags(enabled=False):
+            inputs, final = run_rnn(one_layer, inputs, layer_state)
+        finals.append(final)
+    final = tuple(map(torch.cat, zip(*finals))) if isinstance(finals[0], tuple) else torch.cat(finals)
+    return inputs, final, lower_layers
+
+
 class RNNAttnEncoder(nn.Module):
     """Embeddings and a (bi)directional stacked GRU/LSTM over the packed source."""
 
@@ -140,22 +226,42 @@ class RNNAttnEncoder(nn.Module):
         self.rnn = build_rnn(config, config.embedding_size, config.encoder_hidden_size, config.encoder_layers,
                              bidirectional=config.bidirectional_encoder)
 
-    def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None,
-                return_dict=True, **kwargs):
-        check_token_ids("input_ids", input_ids, self.config.vocab_size)
+    def forward(self, input_ids=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, inputs_embeds=None, **kwargs):
+        """`inputs_embeds` (B x S x E) replaces the embedding of `input_ids`. `output_hidden_states` and
+        `return_dict` default to the config's; `output_attentions` is accepted for generate(): an RNN encoder has
+        no attention."""
+        output_hidden_states, return_dict = with_config_defaults(
+            self.config, output_hidden_states=output_hidden_states, return_dict=return_dict)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass `input_ids` or `inputs_embeds` (exactly one of them).")
+        if inputs_embeds is None:
+            check_token_ids("input_ids", input_ids, self.config.vocab_size)
+            inputs_embeds = self.embed_tokens(input_ids)
+        else:
+            check_embeddings("inputs_embeds", inputs_embeds, self.config.embedding_size)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        lengths = check_source_mask(attention_mask, input_ids, self.config)
-        embedded = self.dropout(self.embed_tokens(input_ids))  # B x S x E
+            attention_mask = inputs_embeds.new_ones(inputs_embeds.shape[:2], dtype=torch.long)
+        lengths = check_source_mask(attention_mask, inputs_embeds, self.config,
+                                    "input_ids" if input_ids is not None else "inputs_embeds")
+        embedded = self.dropout(inputs_embeds)  # B x S x E
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_states, final = run_rnn(self.rnn, packed)
-        states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=input_ids.size(1))  # B x S x K
+        if output_hidden_states:
+            packed_states, final, packed_lower_layers = run_rnn_layers(self.rnn, packed)
+        else:
+            packed_states, final = run_rnn(self.rnn, packed)
+        states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=embedded.size(1))  # B x S x K
+        hidden_states = None
+        if output_hidden_states:
+            lower_layers = [pad_packed_sequence(layer, batch_first=True, total_length=embedded.size(1))[0]
+                            for layer in packed_lower_layers]  # B x S x K each
+            hidden_states = (embedded, *lower_layers, states)
         final_hidden, final_cell = final if isinstance(final, tuple) else (final, None)
         output = RNNAttnEncoderOutput(
             last_hidden_state=states,
             final_hidden_state=final_hidden.transpose(0, 1),  # B x (L * directions) x He
             final_cell_state=None if final_cell is None else final_cell.transpose(0, 1),
-            hidden_states=(embedded, states) if output_hidden_states else None,
+            hidden_states=hidden_states,
         )
         return output if return_dict else output.to_tuple()
 
@@ -225,23 +331,31 @@ class RNNAttnDecoder(nn.Module):
         return RNNAttnState(hidden=hidden.contiguous(), cell=cell if cell is None else cell.contiguous(),
                             context=context, projected_keys=self.score.project_keys(keys))
 
-    def forward(self, input_ids, state, keys, attention_mask):
+    def forward(self, input_ids, state, keys, attention_mask, inputs_embeds=None, output_hidden_states=False):
         """Consumes T target tokens from `state`.
 
         Args:
-            input_ids: B x T previous target tokens.
+            input_ids: B x T previous target tokens (None with `inputs_embeds`).
             state: `RNNAttnState` before them.
             keys: B x S x K encoder states `h_i`.
             attention_mask: B x S, 1 for real source tokens.
+            inputs_embeds: B x T x E, in place of the embeddings of `input_ids`.
+            output_hidden_states: also return the hidden states (slower without input feeding: the RNN then
+                runs one layer at a time).
         Returns:
             `o_t` (B x T x H + K, or B x T x H with `output_layer="tanh"`), attention weights B x T x S,
-            the new state.
+            the new state, and with `output_hidden_states` the embeddings (B x T x E) then each RNN layer's
+            states (B x T x H; the last is the top layer's `h_t`).
         """
-        embedded = self.dropout(self.embed_tokens(input_ids))  # B x T x E
+        embedded = self.dropout(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)  # B x T x E
         if self.config.input_feeding:
-            top, context, weights, hidden, cell = self._unroll_with_input_feeding(embedded, state, keys, attention_mask)
+            top, context, weights, hidden, cell, lower_layers = self._unroll_with_input_feeding(
+                embedded, state, keys, attention_mask, output_hidden_states)
         else:
-            top, final = run_rnn(self.rnn, embedded, state.rnn_state())  # B x T x H: one call over all steps
+            if output_hidden_states:
+                top, final, lower_layers = run_rnn_layers(self.rnn, embedded, state.rnn_state())
+            else:
+                top, final = run_rnn(self.rnn, embedded, state.rnn_state())  # B x T x H: one call over all steps
             final_hidden, final_cell = final if isinstance(final, tuple) else (final, None)
             hidden = final_hidden.transpose(0, 1)
             cell = None if final_cell is None else final_cell.transpose(0, 1)
@@ -252,14 +366,17 @@ class RNNAttnDecoder(nn.Module):
         new_state = RNNAttnState(hidden=hidden, cell=cell,
                                  context=context[:, -1] if self.config.input_feeding else None,
                                  projected_keys=state.projected_keys,
-                                 seen_tokens=state.seen_tokens + input_ids.size(1))
+                                 seen_tokens=state.seen_tokens + embedded.size(1))
+        if output_hidden_states:
+            return output, weights, new_state, (embedded, *lower_layers, top)
         return output, weights, new_state
 
-    def _unroll_with_input_feeding(self, embedded, state, keys, attention_mask):
+    def _unroll_with_input_feeding(self, embedded, state, keys, attention_mask, collect_layers=False):
         """The sequential part only: each step's RNN input needs the previous step's context.
 
         Runs the `nn.GRU`/`nn.LSTM` weights step by step; the embedding part of the first layer's input
-        projection is computed for all steps in one product.
+        projection is computed for all steps in one product. Also returns the states of each layer below the
+        top (B x T x H each) when `collect_layers`, else an empty list.
         """
         rnn, num_layers, embedding_size = self.rnn, self.config.decoder_layers, self.config.embedding_size
         weight_ih = rnn.weight_ih_l0
@@ -269,7 +386,7 @@ class RNNAttnDecoder(nn.Module):
         hidden = list(state.hidden.unbind(1))  # L x (B x H)
         cell = list(state.cell.unbind(1)) if state.cell is not None else [None] * num_layers
         context = state.context  # B x K
-        tops, contexts, weights = [], [], []
+        tops, contexts, weights, lower_layers = [], [], [], []
         for step_gates in embedded_gates:
             gates = step_gates + F.linear(context, weight_context)
             for layer in range(num_layers):
@@ -287,9 +404,12 @@ class RNNAttnDecoder(nn.Module):
             tops.append(hidden[-1])
             contexts.append(context)
             weights.append(step_weights)
+            if collect_layers:
+                lower_layers.append(hidden[:-1])
         cell = torch.stack(cell, dim=1) if state.cell is not None else None
+        lower_layers = [torch.stack(states, dim=1) for states in zip(*lower_layers)]  # B x T x H each
         return (torch.stack(tops, dim=1), torch.stack(contexts, dim=1), torch.cat(weights, dim=1),
-                torch.stack(hidden, dim=1), cell)
+                torch.stack(hidden, dim=1), cell, lower_layers)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -306,11 +426,22 @@ class RNNAttnPreTrainedModel(PreTrainedModel):
         for parameter in module.parameters(recurse=False):
             init.uniform_(parameter, -self.config.init_range, self.config.init_range)
 
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        """transformers resizes the input (encoder) embedding and the output layer; the decoder embeds target ids
+        with a table of its own (the one a tied output layer shares), which must grow with them."""
+        decoder = self.get_decoder()
+        resized = self._get_resized_embeddings(decoder.embed_tokens, new_num_tokens, pad_to_multiple_of, mean_resizing)
+        decoder.embed_tokens = resized.requires_grad_(decoder.embed_tokens.weight.requires_grad)
+        return super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """Like `PreTrainedModel.from_pretrained`, but refuses a checkpoint whose weights do not fit the config.
 
-        transformers would only warn and start missing weights at random, silently losing the trained model.
+        transformers would only warn and start such weights at random, silently losing the trained model. Two
+        standard flows still start weights fresh, as listed in the load report and `output_loading_info`: a base
+        model (`RNNAttnModel`) checkpoint under the language-model head (only `lm_head.*` missing), and an explicit
+        `state_dict` that lacks some weights. A checkpoint weight that would go unused is always refused.
         """
         wants_info = kwargs.pop("output_loading_info", False)
         try:
@@ -322,8 +453,10 @@ class RNNAttnPreTrainedModel(PreTrainedModel):
                 "The checkpoint's weights do not match its config: some tensor sizes differ (the load report "
                 "above lists them). Check config.json against the weights."
             ) from error
-        problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys")}
-        problems = {kind: keys for kind, keys in problems.items() if keys}
+        missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+        if kwargs.get("state_dict") is not None or all(key.startswith("lm_head.") for key in missing):
+            missing = []
+        problems = {kind: keys for kind, keys in (("missing_keys", missing), ("unexpected_keys", unexpected)) if keys}
         if problems:
             details = "; ".join(f"{kind}: {keys[:5]}" for kind, keys in problems.items())
             raise ValueError(
@@ -356,32 +489,53 @@ class RNNAttnModel(RNNAttnPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None, inputs_embeds=None, decoder_inputs_embeds=None,
+                **kwargs):
         """`decoder_attention_mask` is accepted for API compatibility and ignored: the decoder is causal, so
-        right padding of the target never changes the outputs at real positions."""
+        right padding of the target never changes the outputs at real positions.
+
+        `inputs_embeds` (B x S x E) and `decoder_inputs_embeds` (B x T x E) replace the embeddings of `input_ids`
+        and `decoder_input_ids`. `use_cache`, `output_attentions`, `output_hidden_states` and `return_dict`
+        default to the config's. The hidden states are the embeddings then each RNN layer's states (encoder:
+        B x S x K, the last being `encoder_last_hidden_state`; decoder: B x T x H, the top layer's `h_t`, from
+        which `last_hidden_state` `o_t` is computed).
+        """
+        use_cache, output_attentions, output_hidden_states, return_dict = with_config_defaults(
+            self.config, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=return_dict)
+        check_batch_sizes(input_ids if input_ids is not None else inputs_embeds, encoder_outputs,
+                          decoder_input_ids=decoder_input_ids, decoder_inputs_embeds=decoder_inputs_embeds)
         if encoder_outputs is None:
-            if input_ids is None:
-                raise ValueError("Pass `input_ids` (or precomputed `encoder_outputs`).")
-            encoder_outputs = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+            if input_ids is None and inputs_embeds is None:
+                raise ValueError("Pass `input_ids`, `inputs_embeds` or precomputed `encoder_outputs`.")
+            encoder_outputs = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states,
+                                           return_dict=True, inputs_embeds=inputs_embeds)
         elif not isinstance(encoder_outputs, RNNAttnEncoderOutput):
             encoder_outputs = RNNAttnEncoderOutput(*encoder_outputs)
         keys = encoder_outputs.last_hidden_state  # B x S x K
         if attention_mask is None:
             attention_mask = keys.new_ones(keys.shape[:2], dtype=torch.long)
-        if decoder_input_ids is None:
-            raise ValueError("Pass `decoder_input_ids` or `labels`.")
-        check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
+        if decoder_input_ids is not None and decoder_inputs_embeds is not None:
+            raise ValueError("Pass `decoder_input_ids` or `decoder_inputs_embeds`, not both.")
+        if decoder_inputs_embeds is not None:
+            check_embeddings("decoder_inputs_embeds", decoder_inputs_embeds, self.config.embedding_size)
+        elif decoder_input_ids is None:
+            raise ValueError("Pass `decoder_input_ids`, `decoder_inputs_embeds` or `labels`.")
+        else:
+            check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
         state = past_key_values if past_key_values is not None else self.decoder.initial_state(encoder_outputs)
-        features, weights, state = self.decoder(decoder_input_ids, state, keys, attention_mask)
+        features, weights, state, *hidden_states = self.decoder(
+            decoder_input_ids, state, keys, attention_mask, inputs_embeds=decoder_inputs_embeds,
+            output_hidden_states=output_hidden_states)
         output = Seq2SeqModelOutput(
             last_hidden_state=features,
-            past_key_values=state if use_cache is not False else None,
-            decoder_hidden_states=(features,) if output_hidden_states else None,
+            past_key_values=state if use_cache else None,
+            decoder_hidden_states=hidden_states[0] if hidden_states else None,
             cross_attentions=(weights.unsqueeze(1),) if output_attentions else None,  # B x 1 head x T x S
             encoder_last_hidden_state=keys,
             encoder_hidden_states=encoder_outputs.hidden_states,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
 
 class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
@@ -408,6 +562,24 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
     def get_decoder(self):
         return self.model.decoder
 
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                streamer=None, **model_kwargs):
+        """Greedy search runs `lean_decoding.greedy_search` (same tokens, finished rows leave the batch)."""
+        if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
+                                 model_kwargs):
+            return greedy_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
+        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
+                               streamer, **model_kwargs)
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                     **model_kwargs):
+        """Beam search runs `lean_decoding.beam_search` (same tokens, ended sentences leave the batch)."""
+        if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, None,
+                                 model_kwargs):
+            return beam_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
+        return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
+                                    **model_kwargs)
+
     def get_output_embeddings(self):
         return self.lm_head
 
@@ -417,26 +589,55 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels):
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """`GenerationMixin.generate`, with a clear error for a beam count below 1."""
+        check_num_beams(kwargs.get("num_beams", (generation_config or self.generation_config).num_beams))
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
+
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, num_items_in_batch=None, **kwargs):
+                output_hidden_states=None, return_dict=None, num_items_in_batch=None, skip_logits=None,
+                source_length_cap=None, inputs_embeds=None, decoder_inputs_embeds=None, **kwargs):
         """Teacher-forced logits (and the loss when `labels` are given) or one generation step.
+
+        The other arguments are `RNNAttnModel.forward`'s; `return_dict` defaults to the config's.
 
         The loss is the summed token cross-entropy over `labels != -100`, divided by `num_items_in_batch`
         when Trainer passes it (target tokens across accumulation steps and processes), else by this
         batch's count.
+
+        `source_length_cap=(a, b)` is read by `generate()`: greedy and beam search then give a source of S
+        tokens at most `a * S + b` new tokens (see `lean_decoding.source_length_limits`).
+
+        `skip_logits` (default: training with `labels`, as with Liger-Kernel in transformers) returns
+        `logits=None` and computes the loss chunk by chunk without the B x T x V logits (`linear_cross_entropy`):
+        the same loss and gradients, less time and memory.
         """
+        (return_dict,) = with_config_defaults(self.config, return_dict=return_dict)
+        check_batch_sizes(input_ids if input_ids is not None else inputs_embeds, encoder_outputs, labels=labels)
         if labels is not None:
             check_token_ids("labels", labels, self.config.vocab_size, allow_ignore_index=True)
-            if decoder_input_ids is None:
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         outputs = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
                              encoder_outputs, past_key_values, use_cache, output_attentions,
-                             output_hidden_states, return_dict=True)
-        logits = self.lm_head(self.dropout(outputs.last_hidden_state))  # B x T x V
+                             output_hidden_states, return_dict=True, inputs_embeds=inputs_embeds,
+                             decoder_inputs_embeds=decoder_inputs_embeds)
+        features = self.dropout(outputs.last_hidden_state)  # B x T x D
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None and torch.is_grad_enabled()
+        if skip_logits and labels is None:
+            raise ValueError("`skip_logits=True` needs `labels`: without them there is nothing to return.")
+        # The fused loss is written for float32: under autocast the plain path runs in the autocast dtype.
+        fused = skip_logits and not torch.is_autocast_enabled(features.device.type) and features.dtype == torch.float32
+        logits = None if skip_logits else self.lm_head(features)  # B x T x V
         loss = None
         if labels is not None:
-            total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+            if fused:
+                total = linear_cross_entropy(features, self.lm_head.weight, self.lm_head.bias, labels)
+            else:
+                total = F.cross_entropy((logits if logits is not None else self.lm_head(features)).flatten(0, 1).float(),
+                                        labels.flatten(), ignore_index=-100, reduction="sum")
             count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
             loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
         output = Seq2SeqLMOutput(
@@ -448,4 +649,4 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if return_dict else output.to_tuple()

@@ -27,6 +27,9 @@ class RNNAttnTranslationPipeline(Pipeline):
 
     `src_lang` / `tgt_lang` are read from the model config when it records them (one model serves one
     direction); passing a different pair to a call raises `ValueError` instead of translating the wrong way.
+
+    A blank source (`""`, `"   "`) translates to `""` without reaching the model, which would invent a sentence
+    for it; an empty list gives `[]`.
     """
 
     _pipeline_calls_generate = True
@@ -43,6 +46,37 @@ class RNNAttnTranslationPipeline(Pipeline):
             raise ValueError("RNNAttnTranslationPipeline needs a tokenizer; pass `tokenizer=`.")
         self.src_lang = getattr(self.model.config, "src_lang", None)
         self.tgt_lang = getattr(self.model.config, "tgt_lang", None)
+
+    def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, str):
+            return super().__call__(inputs, **kwargs) if inputs.strip() else self._blank_translation(kwargs)
+        if not isinstance(inputs, (list, tuple)):
+            return super().__call__(inputs, **kwargs)
+        texts = [text for text in inputs if not _is_blank(text)]
+        translations = iter(self._translate_longest_first(texts, **kwargs) if texts else [])
+        return [self._blank_translation(kwargs) if _is_blank(text) else next(translations) for text in inputs]
+
+    def _translate_longest_first(self, texts, **kwargs):
+        """Translates in batches of similar length, returning the results in input order.
+
+        Similar lengths mean less source padding and sentences that end at about the same step; the longest
+        batch goes first, so a batch size too large for the memory fails at once.
+        """
+        if all(isinstance(text, str) for text in texts):  # else `preprocess` says which input is wrong
+            lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+        else:
+            lengths = [0] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
+        translations = [None] * len(texts)
+        for index, translation in zip(order, super().__call__([texts[i] for i in order], **kwargs)):
+            translations[index] = translation
+        return translations
+
+    def _blank_translation(self, call_kwargs):
+        """As many empty records as the call would return sequences."""
+        count = call_kwargs.get("num_return_sequences", self._forward_params.get(
+            "num_return_sequences", self.model.generation_config.num_return_sequences))
+        return [{"translation_text": ""} for _ in range(count or 1)]
 
     def _sanitize_parameters(self, src_lang=None, tgt_lang=None, truncation=None, max_source_length=None,
                              clean_up_tokenization_spaces=None, **generate_kwargs):
@@ -83,6 +117,10 @@ class RNNAttnTranslationPipeline(Pipeline):
                                                        clean_up_tokenization_spaces=clean_up_tokenization_spaces)}
             for ids in model_outputs["output_ids"][0]  # n x T
         ]
+
+
+def _is_blank(text):
+    return isinstance(text, str) and not text.strip()
 
 
 def translation_pipeline(model, tokenizer=None, **kwargs):

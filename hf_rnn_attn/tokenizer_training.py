@@ -47,7 +47,14 @@ def train_translation_tokenizer(source_texts, target_texts, vocab_size=8000, mod
     Every encoded sequence, source or target, ends with `</s>` and has no `<s>`: the model prepends `<s>` to
     the decoder input itself. Padding goes on the right.
     """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"`vocab_size` must be a positive integer, got {vocab_size!r}.")
     backend = train_subword_backend([*source_texts, *target_texts], vocab_size, model)
+    if backend.get_vocab_size() > vocab_size:
+        # The trainer keeps the special tokens and every character of the text whatever vocab_size says.
+        raise ValueError(f"`vocab_size` {vocab_size} is smaller than the special tokens plus the characters of the "
+                         f"training text ({backend.get_vocab_size()} types); use at least that many (thousands for "
+                         f"real translation).")
     return TokenizersBackend(
         tokenizer_object=backend,
         pad_token=PAD_TOKEN,

@@ -2,12 +2,20 @@
 tokenizer and model set up identically in every process, metrics, a trainer that scores each example once,
 a time budget."""
 
+import copy
+import errno
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from accelerate import PartialState
 from transformers import AutoTokenizer, Seq2SeqTrainer, TrainerCallback, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler, nested_gather
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 
 from .configuration_rnn_attn import RNNAttnConfig
 from .distributed import build_on_main_process
@@ -15,6 +23,20 @@ from .metrics import load_translation_metric
 from .modeling_rnn_attn import RNNAttnForConditionalGeneration
 from .tokenizer_training import train_translation_tokenizer
 from .translation_data import load_translation_dataset
+
+logger = logging.get_logger(__name__)
+# Written into every checkpoint by TranslationTrainer: the summed training loss up to that step.
+LOSS_SUM_FILE = "train_loss_sum.json"
+# What a finished or interrupted training run leaves in its output folder.
+TRAINING_RUN_FILES = ("model.safetensors", "config.json", "trainer_state.json", "training_args.bin")
+
+
+def check_positive(arguments, names):
+    """Raises `ValueError` naming the first of the `names` arguments that is set but not above zero."""
+    for name in names:
+        value = getattr(arguments, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name} must be positive, got {value}.")
 
 
 @dataclass
@@ -30,6 +52,10 @@ class ModelArguments:
     tokenizer: str | None = field(default=None, metadata={"help": "existing tokenizer folder; else train one"})
     vocab_size: int = field(default=8000, metadata={"help": "size of a newly trained tokenizer"})
 
+    def __post_init__(self):
+        check_positive(self, ("embedding_size", "hidden_size", "encoder_hidden_size", "max_source_positions",
+                              "vocab_size"))
+
 
 @dataclass
 class DataArguments:
@@ -43,6 +69,42 @@ class DataArguments:
     max_eval_samples: int | None = field(default=500, metadata={"help": "validation pairs scored during training"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop training after this many minutes"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without BLEU gain"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an --output_dir that holds a run, deleting its checkpoints (else refused)"})
+
+    def __post_init__(self):
+        check_positive(self, ("max_source_length", "max_target_length", "max_train_samples", "max_eval_samples",
+                              "max_train_minutes", "early_stopping_patience"))
+
+
+def check_output_dir(output_dir, overwrite_output_dir=False, resume_from_checkpoint=None):
+    """Refuses to train into a folder that holds a run, whose model would be overwritten and whose checkpoints
+    would mix with the new ones, unless resuming it or `overwrite_output_dir` (then its checkpoints are deleted).
+    """
+    folder = Path(output_dir)
+    if resume_from_checkpoint or not folder.is_dir():
+        return
+    checkpoints = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+    found = [path.name for path in checkpoints] + [name for name in TRAINING_RUN_FILES if (folder / name).exists()]
+    if found and not overwrite_output_dir:
+        raise ValueError(
+            f"--output_dir {folder} already holds a training run ({', '.join(found[:4])}); pass "
+            f"--resume_from_checkpoint to continue it, --overwrite_output_dir true to replace it, or choose another "
+            f"folder."
+        )
+    if checkpoints and PartialState().is_main_process:
+        for checkpoint in checkpoints:
+            shutil.rmtree(checkpoint)
+
+
+def check_training_length(training_args):
+    """`Seq2SeqTrainingArguments` accept a run of no update at all, which would save the untrained model."""
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise ValueError(f"--max_steps must be a positive number of updates, or -1 to train for "
+                         f"--num_train_epochs; got {training_args.max_steps}.")
+    if training_args.max_steps == -1 and not training_args.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs must be positive (or set --max_steps); got "
+                         f"{training_args.num_train_epochs}.")
 
 
 def prepare_translation_run(model_args, data_args, seed):
@@ -133,7 +195,89 @@ class TranslationTrainer(Seq2SeqTrainer):
     BLEU and chrF would score some sentences twice. With one sequence per example, `gather_for_metrics` drops
     exactly the repeats. (`eval_loss` stays Trainer's mean of per-batch mean losses, in which a repeat still
     shares the last batch of its process: it differs from the one-process value in the third decimal.)
+
+    A checkpoint save that fails (a full disk) removes its partial folder, so that the newest checkpoint is
+    always a complete one, and says why. Each checkpoint records the summed training loss so far
+    (`LOSS_SUM_FILE`), so that a resumed run reports `train_loss` over the whole run, as an uninterrupted one.
     """
+
+    _loss_before_resume = 0.0  # summed loss of the steps before the checkpoint resumed from; None if unknown
+
+    target_tokens_seen = 0  # real (non -100) target tokens trained on by this process
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.target_tokens_seen += int((inputs["labels"] != -100).sum())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`group_by_length` groups by target length, then source length.
+
+        Trainer's default key is the source length, but the decoder loop and the output layer, most of a
+        step, scale with the padded target length, while the packed encoder never computes source padding.
+        """
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "labels" not in dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(labels) * 100_000 + len(ids) for labels, ids in zip(dataset["labels"], dataset["input_ids"])]
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=lengths)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        return output._replace(training_loss=output.metrics["train_loss"])  # as corrected in `log`
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        self._loss_before_resume = 0.0
+        if resume_from_checkpoint is not None:
+            record = Path(resume_from_checkpoint, LOSS_SUM_FILE)
+            self._loss_before_resume = json.loads(record.read_text())["loss_sum"] if record.is_file() else None
+            if self._loss_before_resume is None:
+                logger.warning(f"{resume_from_checkpoint} has no {LOSS_SUM_FILE}: train_loss will average only the "
+                               f"resumed steps.")
+        return super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs,
+                                            resume_from_checkpoint, trial)
+
+    def log(self, logs, start_time=None):
+        # Trainer's train_loss averages the steps of this train() call only; add those before the resumption.
+        if "train_loss" in logs and self._loss_before_resume is not None:
+            steps_now = self.state.global_step - self._initial_global_step
+            logs["train_loss"] = ((self._loss_before_resume + logs["train_loss"] * steps_now)
+                                  / max(self.state.global_step, 1))
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        existed = folder.exists()
+        # The loss not yet logged, averaged over processes as Trainer logs it (a collective: every process is here).
+        unlogged = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        try:
+            if self.args.should_save and self._loss_before_resume is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                loss_sum = self._loss_before_resume + self._total_loss_scalar + unlogged
+                (folder / LOSS_SUM_FILE).write_text(json.dumps({"loss_sum": loss_sum}) + "\n")
+            super()._save_checkpoint(model, trial)
+        except Exception as error:
+            if self.args.should_save and not existed:
+                shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint would look like the newest one
+            if _is_disk_full(error):
+                raise OSError(errno.ENOSPC, f"No space left on device: saving checkpoint {folder} failed ({error}). "
+                                            f"The partial checkpoint was removed; free some space, then resume from "
+                                            f"the previous checkpoint.") from error
+            raise
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        """`Seq2SeqTrainer.prediction_step`, leaving the model's generation config as it was.
+
+        Seq2SeqTrainer writes generate()'s global defaults (`max_length=20`, ...) into it, and every checkpoint
+        then saves them: `generate(max_new_tokens=...)` on a trained model warned that both lengths were set, and
+        the translation pipeline's own default length no longer applied.
+        """
+        generation_config = copy.deepcopy(self.model.generation_config)
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        finally:
+            self.model.generation_config = generation_config
 
     def evaluation_loop(self, *args, **kwargs):
         num_return_sequences = (getattr(self, "_gen_kwargs", None) or {}).get(
@@ -141,6 +285,13 @@ class TranslationTrainer(Seq2SeqTrainer):
         if (num_return_sequences or 1) == 1:
             self.gather_function = self.accelerator.gather_for_metrics
         return super().evaluation_loop(*args, **kwargs)
+
+
+def _is_disk_full(error):
+    """A full disk surfaces as ENOSPC, as safetensors' "No space left", or as torch's zip writer
+    "unexpected pos ..." (the file is shorter than what it wrote)."""
+    return getattr(error, "errno", None) == errno.ENOSPC or any(
+        sign in str(error) for sign in ("No space left", "unexpected pos"))
 
 
 class TimeBudgetCallback(TrainerCallback):

@@ -5,18 +5,24 @@ Usage:
     python scripts/benchmark.py --presets lstm-luong --batch_size 32 --hidden_size 512 --steps 10
 
 Prints target tokens per second for a teacher-forced training step (forward + backward + Adam) and
-for greedy / beam generation, plus peak resident memory. Numbers depend on the machine: note it with them.
+for greedy / beam generation, the cost of generate() over the package's own greedy loop at batch 1, and
+peak resident memory. Numbers depend on the machine: the CPU is printed with them. For the comparison with
+OpenNMT-py on the real corpus, see scripts/benchmark_peers.py.
 """
 
+import copy
 import resource
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, StoppingCriteriaList
+from transformers.generation.stopping_criteria import MaxLengthCriteria
 
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
+from hf_rnn_attn.lean_decoding import greedy_search
 
 
 @dataclass
@@ -54,6 +60,7 @@ def benchmark(preset, args):
     config = RNNAttnConfig.from_preset(preset, vocab_size=args.vocab_size, embedding_size=args.embedding_size,
                                        hidden_size=args.hidden_size)
     model = RNNAttnForConditionalGeneration(config)
+    model.generation_config.eos_token_id = None  # no early end: every generation runs exactly target_length steps
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     input_ids, attention_mask, labels = random_batch(args, torch.Generator().manual_seed(0))
 
@@ -68,19 +75,50 @@ def benchmark(preset, args):
         model.eval()
         with torch.inference_mode():
             model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
-                           max_new_tokens=args.target_length, min_new_tokens=args.target_length)
+                           max_new_tokens=args.target_length)
 
     tokens = args.batch_size * args.target_length
     train_seconds = timed(train_step, args.steps)
     greedy_seconds = timed(lambda: generate(1), max(1, args.steps // 2))
     beam_seconds = timed(lambda: generate(args.num_beams), 1)
+    single_generate, single_loop = batch_one_seconds(model, input_ids[:1], args.target_length)
     print(f"{preset:16s} params {sum(p.numel() for p in model.parameters()) / 1e6:5.1f}M | "
           f"train {tokens / train_seconds:8.0f} tgt tok/s | greedy {tokens / greedy_seconds:8.0f} tok/s | "
-          f"beam{args.num_beams} {tokens / beam_seconds:7.0f} tok/s")
+          f"beam{args.num_beams} {tokens / beam_seconds:7.0f} tok/s | batch 1: generate() "
+          f"{1000 * single_generate:5.1f} ms, own loop {1000 * single_loop:5.1f} ms ({single_generate / single_loop:.2f}x)")
+
+
+def batch_one_seconds(model, input_ids, new_tokens, repeats=20):
+    """One sentence, `new_tokens` greedy tokens: through generate(), and through the package's own greedy loop
+    called directly (encoder included in both)."""
+    model.eval()
+    config = copy.deepcopy(model.generation_config)
+    config._pad_token_tensor = torch.tensor(model.config.pad_token_id)  # what generate() would set
+    start_ids = torch.full((1, 1), model.config.decoder_start_token_id)
+
+    def own_loop():
+        encoder_outputs = model.get_encoder()(input_ids)
+        greedy_search(model, start_ids, StoppingCriteriaList([MaxLengthCriteria(new_tokens + 1)]), config,
+                      encoder_outputs=encoder_outputs, attention_mask=torch.ones_like(input_ids))
+
+    with torch.inference_mode():
+        through_generate = timed(lambda: model.generate(input_ids=input_ids, max_new_tokens=new_tokens), repeats)
+        direct = timed(own_loop, repeats)
+    return through_generate, direct
+
+
+def cpu_description():
+    """The CPU model and the instruction sets that change these numbers (AVX2 / AVX-512 / bf16 / AMX)."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    present = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if flag in flags]
+    return f"{fields.get('Model name', 'unknown CPU').strip()} ({', '.join(present) or 'no AVX2'})"
 
 
 def main(argv=None):
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    print(f"CPU: {cpu_description()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"S={args.source_length}, T={args.target_length}, V={args.vocab_size}, E={args.embedding_size}, "
           f"H={args.hidden_size}")

@@ -14,10 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
 
 import hf_rnn_attn  # noqa: F401  (registers the model with the Auto classes)
 from hf_rnn_attn.metrics import load_translation_metric
+from hf_rnn_attn.training import check_positive
 from hf_rnn_attn.translate import translate_texts
 from hf_rnn_attn.translation_data import load_translation_dataset
 
@@ -37,9 +38,23 @@ class EvaluationArguments:
     max_source_length: int = 128
     max_samples: int | None = None
 
+    def __post_init__(self):
+        check_positive(self, ("num_beams", "max_new_tokens", "batch_size", "max_source_length", "max_samples"))
+
+
+def check_direction(args):
+    """A model translates one way: scoring it on the other direction gives a meaningless BLEU."""
+    config = AutoConfig.from_pretrained(args.model)
+    recorded = (getattr(config, "src_lang", None), getattr(config, "tgt_lang", None))
+    if None not in recorded and recorded != (args.source_lang, args.target_lang):
+        raise ValueError(f"{args.model} translates {recorded[0]}->{recorded[1]} (config src_lang/tgt_lang), but "
+                         f"--source_lang {args.source_lang} --target_lang {args.target_lang} asks for "
+                         f"{args.source_lang}->{args.target_lang}.")
+
 
 def main(argv=None):
     (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
+    check_direction(args)
     dataset = load_translation_dataset(args.dataset, args.source_lang, args.target_lang,
                                        config_name=args.dataset_config)
     if args.split not in dataset:

@@ -27,8 +27,8 @@ class ExportArguments:
     max_pairs: int | None = field(default=None, metadata={"help": "Keep only the first N pairs."})
 
 
-def main() -> None:
-    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses()
+def main(argv=None) -> None:
+    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
     stats = export_translation_corpus(**vars(args))
     print(json.dumps(stats, indent=2, ensure_ascii=False))
 

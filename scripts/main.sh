@@ -2,20 +2,31 @@
 # Usage: bash scripts/main.sh                      # bigru-bahdanau, 15 minutes of training
 #        PRESET=lstm-luong MINUTES=30 bash scripts/main.sh
 #        MINUTES=2 MAX_TRAIN_SAMPLES=2000 bash scripts/main.sh   # a quick look
+#        OVERWRITE=1 bash scripts/main.sh                         # replace the run already in runs/<preset>
 #
 # The main job, set-up included: install, export the Spanish->English Bible corpus, train a tokenizer and a
 # model within a time budget, score it on the test split (greedy and beam 5), print sample translations and
 # write a Hub-ready model folder (config, safetensors, tokenizer, generation config, code, model card).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 PRESET=${PRESET:-bigru-bahdanau}
 MINUTES=${MINUTES:-15}
 DATA=${DATA:-data/bible-es-en}
 RUN=${RUN:-runs/$PRESET}
+OVERWRITE=${OVERWRITE:-0}  # 1: replace the run in $RUN
 PY=.venv/bin/python
+
+# scripts/train.py refuses to train over an earlier run: say so before the set-up rather than at the training step.
+if [ "$OVERWRITE" = 1 ]; then
+  rm -rf "$RUN/model"  # else the earlier run's files would stay among the new ones
+elif [ -n "$(ls -A "$RUN/trainer" 2>/dev/null)" ]; then
+  echo "$RUN already holds a run: set OVERWRITE=1 to replace it or RUN=another/folder" >&2
+  exit 1
+fi
+
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 [ -f "$DATA/train.jsonl" ] || $PY scripts/export_corpus.py --output_dir "$DATA"
 
@@ -26,7 +37,8 @@ $PY scripts/train.py --dataset "$DATA" --source_lang es --target_lang en --prese
   --max_grad_norm 1.0 --train_sampling_strategy group_by_length --eval_strategy steps --eval_steps 400 --save_steps 400 \
   --save_total_limit 2 --predict_with_generate true --generation_num_beams 1 --generation_max_length 128 --max_eval_samples 300 \
   --per_device_eval_batch_size 64 --load_best_model_at_end true --metric_for_best_model bleu \
-  --greater_is_better true --logging_steps 25 --report_to tensorboard --dataloader_num_workers 0 --seed 1
+  --greater_is_better true --logging_steps 25 --report_to tensorboard --dataloader_num_workers 0 --seed 1 \
+  --overwrite_output_dir "$OVERWRITE"
 
 for BEAMS in 1 5; do
   $PY scripts/evaluate_model.py --model "$RUN/trainer" --dataset "$DATA" --split test --num_beams "$BEAMS" \

@@ -12,6 +12,7 @@ The dataset is a folder of train/validation/test .jsonl files in the Hugging Fac
 Hub dataset name. Without --tokenizer, a joint BPE tokenizer is trained on the training split first.
 """
 
+import os
 import sys
 
 from transformers import (DataCollatorForSeq2Seq, EarlyStoppingCallback, HfArgumentParser,
@@ -19,13 +20,19 @@ from transformers import (DataCollatorForSeq2Seq, EarlyStoppingCallback, HfArgum
 
 from hf_rnn_attn.distributed import use_cpu_processes_without_accelerator
 from hf_rnn_attn.training import (DataArguments, ModelArguments, TimeBudgetCallback, TranslationTrainer,
-                                  build_compute_metrics, prepare_translation_run)
+                                  build_compute_metrics, check_output_dir, check_training_length,
+                                  prepare_translation_run)
 
 
 def main(argv=None):
     use_cpu_processes_without_accelerator()
     parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    check_training_length(training_args)
+    check_output_dir(training_args.output_dir, data_args.overwrite_output_dir, training_args.resume_from_checkpoint)
+    if training_args.hub_token:
+        # Trainer pickles its arguments into every checkpoint (training_args.bin): keep the token out of them.
+        os.environ["HF_TOKEN"], training_args.hub_token = training_args.hub_token, None
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False  # every parameter gets a gradient at every step
 
@@ -50,7 +57,9 @@ def main(argv=None):
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # the best checkpoint when --load_best_model_at_end
-    trainer.save_metrics("train", result.metrics)
+    metrics = {**result.metrics, "train_target_tokens": trainer.target_tokens_seen}
+    metrics["train_target_tokens_per_second"] = round(trainer.target_tokens_seen / metrics["train_runtime"], 1)
+    trainer.save_metrics("train", metrics)
     trainer.save_state()
     if training_args.do_eval or training_args.predict_with_generate:
         trainer.save_metrics("eval", trainer.evaluate())

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, EvalPrediction, HfArgumentParser, get_scheduler
 
 from hf_rnn_attn.distributed import use_cpu_processes_without_accelerator
-from hf_rnn_attn.training import DataArguments, ModelArguments, build_compute_metrics, prepare_translation_run
+from hf_rnn_attn.training import (DataArguments, ModelArguments, build_compute_metrics, check_positive,
+                                  prepare_translation_run)
 
 
 @dataclass
@@ -56,6 +57,12 @@ class LoopArguments:
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N updates; always at the end"})
     generation_max_length: int = 128
     generation_num_beams: int = 1
+
+    def __post_init__(self):
+        # max_steps 0 would train forever, accumulation 0 hang collecting batches, logging_steps 0 divide by zero.
+        check_positive(self, ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+                              "gradient_accumulation_steps", "learning_rate", "logging_steps", "eval_steps",
+                              "generation_max_length", "generation_num_beams"))
 
 
 def batch_windows(loader, size):

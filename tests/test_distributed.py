@@ -195,7 +195,7 @@ def test_bf16_autocast_trains_gru_and_lstm_close_to_fp32(preset, one_thread):
         history = []
         for _ in range(5):
             with torch.autocast("cpu", dtype=dtype, enabled=dtype is not torch.float32):
-                output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+                output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, skip_logits=False)
             output.loss.backward()
             optimizer.step()
             optimizer.zero_grad()

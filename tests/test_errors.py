@@ -117,3 +117,78 @@ def test_checkpoint_with_other_attention_weights_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"do not match its config .*missing_keys: \['model.decoder.score.W.weight'\]"):
         AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"attention_scroe": "dot"},
+     r"Unknown RNNAttnConfig argument\(s\): 'attention_scroe' \(did you mean 'attention_score'\?\)"),
+    ({"hiden_size": 8, "colour": "red"}, r"Unknown RNNAttnConfig argument\(s\): 'colour', 'hiden_size' \(did you mean"),
+    ({"input_feeding": "false"}, r"`input_feeding` must be True or False, got 'false'"),
+    ({"bidirectional_encoder": 1}, r"`bidirectional_encoder` must be True or False, got 1"),
+    ({"tie_word_embeddings": "no"}, r"`tie_word_embeddings` must be True or False"),
+    ({"init_range": -1}, r"`init_range` must be a number above 0, got -1"),
+    ({"init_range": 0}, r"`init_range` must be a number above 0, got 0"),
+    ({"dropout": "x"}, r"`dropout` must be in \[0, 1\), got 'x'"),
+    ({"dropout": None}, r"`dropout` must be in \[0, 1\), got None"),
+    ({"max_source_positions": -3}, r"`max_source_positions` must be a positive integer, got -3"),
+])
+def test_config_typos_and_wrong_types_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        RNNAttnConfig.from_preset("bigru-bahdanau", hidden_size=16, embedding_size=8, **overrides)
+
+
+def test_config_accepts_what_transformers_and_save_for_hub_store(tmp_path):
+    config = RNNAttnConfig.from_preset("bigru-bahdanau", vocab_size=20, hidden_size=16, embedding_size=8,
+                                       src_lang="es", tgt_lang="en", torch_dtype="float32", num_beams=4,
+                                       output_attentions=True, architectures=["RNNAttnForConditionalGeneration"],
+                                       custom_pipelines={"translation": {"impl": "pipeline_translation.X"}})
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert {"model_type", "transformers_version", "auto_map", "custom_pipelines", "src_lang"} <= set(saved)
+    reloaded = RNNAttnConfig.from_pretrained(tmp_path, dropout=0.3)
+    assert (reloaded.src_lang, reloaded.dropout, reloaded.num_hidden_layers) == ("es", 0.3, 1)
+
+
+def test_float_ids_and_non_tensors():
+    model = tiny_model("bigru-bahdanau")
+    input_ids, attention_mask = source_batch()
+    with pytest.raises(TypeError, match=r"`input_ids` must hold integer token ids \(torch.long\), got dtype "
+                                        r"torch.float32"):
+        forward(model, input_ids.float(), attention_mask)
+    with pytest.raises(TypeError, match=r"`input_ids` must be a torch.Tensor of token ids, got list"):
+        model(input_ids=input_ids.tolist(), attention_mask=attention_mask, labels=input_ids)
+    with pytest.raises(TypeError, match=r"`labels` must hold integer token ids"):
+        forward(model, input_ids, attention_mask, labels=torch.ones(3, 2))
+
+
+@pytest.mark.parametrize("value", [2, 0.5])
+def test_mask_values_other_than_0_and_1(value):
+    model = tiny_model("lstm-luong-general")
+    input_ids, attention_mask = source_batch()
+    attention_mask = attention_mask.float()
+    attention_mask[0, 0] = value
+    with pytest.raises(ValueError, match=rf"`attention_mask` must hold only 0 \(padding\) and 1 \(token\), "
+                                         rf"got {value}"):
+        forward(model, input_ids, attention_mask)
+
+
+def test_labels_of_another_batch_size():
+    model = tiny_model("bigru-bahdanau")
+    input_ids, attention_mask = source_batch()
+    with pytest.raises(ValueError, match=r"`labels` has 1 rows but the batch has 3 sources"):
+        forward(model, input_ids, attention_mask, labels=torch.full((1, 3), 4))
+    with pytest.raises(ValueError, match=r"`labels` has 3 rows but the batch has 1 sources"):
+        forward(model, input_ids[:1], attention_mask[:1], labels=torch.full((3, 3), 4))
+    with pytest.raises(ValueError, match=r"`decoder_input_ids` has 2 rows but the batch has 3 sources"):
+        model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=torch.full((2, 2), 4))
+
+
+@pytest.mark.parametrize("num_beams", [0, -1])
+def test_generate_with_fewer_than_one_beam(num_beams):
+    model = tiny_model("bigru-bahdanau")
+    input_ids, attention_mask = source_batch()
+    with pytest.raises(ValueError, match=rf"`num_beams` must be a positive integer .*got {num_beams}"):
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=3, num_beams=num_beams)
+    model.generation_config.num_beams = num_beams
+    with pytest.raises(ValueError, match=r"`num_beams` must be a positive integer"):
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=3)

@@ -5,6 +5,8 @@ import json
 import os
 import random
 import re
+import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ TRAINING_INFO = {"steps": 40, "hardware": "2 CPU cores"}
 GENERATION_SETTINGS = [{"max_new_tokens": 12}, {"max_new_tokens": 12, "num_beams": 3}]
 EXPECTED_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                   "tokenizer_config.json", "configuration_rnn_attn.py", "modeling_rnn_attn.py", "attention.py",
-                  "decoder_state.py", "pipeline_translation.py"}
+                  "decoder_state.py", "lean_decoding.py", "linear_cross_entropy.py", "pipeline_translation.py"}
 
 
 # -------------------------------------------------------------------------------- tiny trained models (fixtures)
@@ -108,10 +110,10 @@ def test_save_for_hub_rejects_bad_arguments(saved, tmp_path):
 
 
 def test_save_for_hub_warns_about_leftover_files(saved, tmp_path, caplog):
-    (tmp_path / "pytorch_model.bin").write_bytes(b"old weights")
+    (tmp_path / "added_tokens.json").write_text('{"<old>": 99}')
     files = save_for_hub(saved.model, saved.tokenizer, tmp_path)
-    assert "pytorch_model.bin" in files  # it is in the folder, so it would be uploaded: say so
-    assert "pytorch_model.bin" in caplog.text and "earlier save" in caplog.text
+    assert "added_tokens.json" in files  # an upload would send it, and it changes the tokenizer: say so
+    assert "added_tokens.json" in caplog.text and "earlier save" in caplog.text
 
 
 def test_dry_run_lists_exactly_the_folder(saved, monkeypatch):
@@ -124,11 +126,17 @@ def test_dry_run_lists_exactly_the_folder(saved, monkeypatch):
     assert push_to_hub(saved.folder, "someone/tiny-rnn-attn", dry_run=True) == on_disk == saved.files
 
 
-def test_hub_files_skip_git_and_caches(tmp_path):
-    for name in ("config.json", ".git/HEAD", "__pycache__/x.cpython-311.pyc", "sub/__pycache__/y.pyc", "sub/a.txt"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("x")
-    assert hub_files(tmp_path) == ["config.json", "sub/a.txt"]
+def test_hub_files_are_an_allow_list(saved, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(saved.folder, folder)
+    (tmp_path / "secret.txt").write_text("hf_NotARealSecret42")
+    for name in (".env", ".git/HEAD", "__pycache__/x.cpython-311.pyc", "token", "training_args.bin", "notes.py",
+                 "checkpoint-10/optimizer.pt", "checkpoint-10/model.safetensors", "sub/config.json"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("hf_NotARealSecret42")
+    (folder / "special_tokens_map.json").symlink_to(tmp_path / "secret.txt")
+    (folder / "model-00001-of-00002.safetensors").write_text("a shard")
+    assert hub_files(folder) == sorted([*saved.files, "model-00001-of-00002.safetensors"])
 
 
 # ---------------------------------------------------------------------------- loading without the package
@@ -210,6 +218,16 @@ def test_pipeline_batching_and_generation_kwargs(translator, saved):
                for records in one_token)
 
 
+def test_pipeline_batches_sources_of_similar_length_and_keeps_the_input_order(translator, saved, monkeypatch):
+    batches = []
+    generate = saved.model.generate
+    monkeypatch.setattr(saved.model, "generate", lambda **kwargs: batches.append(kwargs["attention_mask"].sum(1).tolist())
+                        or generate(**kwargs))
+    assert translator(SOURCES, batch_size=2) == [[{"translation_text": text}] for text in saved.references[0]]
+    lengths = sorted((len(saved.tokenizer(text)["input_ids"]) for text in SOURCES), reverse=True)
+    assert [sorted(batch, reverse=True) for batch in batches] == [lengths[:2], lengths[2:]]
+
+
 def test_pipeline_records_languages(saved):
     saved.model.config.src_lang, saved.model.config.tgt_lang = "es", "en"
     try:
@@ -227,6 +245,25 @@ def test_pipeline_rejects_bad_inputs(translator, saved):
         translator([3])
     with pytest.raises(ValueError, match="tokenizer"):
         translation_pipeline(saved.model)
+
+
+def test_pipeline_blank_and_empty_inputs_never_reach_the_model(translator, saved, monkeypatch):
+    generated_rows = []
+    generate = translator.model.generate
+
+    def counting_generate(*args, **kwargs):
+        generated_rows.append(kwargs["input_ids"].size(0))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(translator.model, "generate", counting_generate)
+    assert translator("") == translator("   ") == [{"translation_text": ""}]
+    assert translator([]) == []
+    assert translator("", num_beams=2, num_return_sequences=2) == [{"translation_text": ""}] * 2
+    assert generated_rows == []
+    mixed = translator(["", SOURCES[0], " \t ", SOURCES[1]], batch_size=2)
+    greedy = saved.references[0]
+    assert mixed == [[{"translation_text": text}] for text in ("", greedy[0], "", greedy[1])]
+    assert sum(generated_rows) == 2  # only the two real sentences
 
 
 def test_translation_pipeline_from_folder(saved):
@@ -318,6 +355,39 @@ def test_failed_upload_raises_a_clear_error(saved, monkeypatch):
         push_to_hub(saved.folder, "someone/tiny-rnn-attn")
 
 
+def test_push_uploads_only_the_model_files(saved, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(saved.folder, folder)
+    for name in (".env", "token", "training_args.bin", "checkpoint-10/optimizer.pt"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("hf_NotARealSecret42")
+    commits = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: f"https://huggingface.co/{repo_id}")
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, **kwargs: commits.append(kwargs))
+    assert push_to_hub(folder, "someone/tiny-rnn-attn") == saved.files
+    (commit,) = commits
+    assert sorted(operation.path_in_repo for operation in commit["operations"]) == saved.files
+
+
+@pytest.mark.parametrize("problem, error, message", [
+    ("no-weights", FileNotFoundError, r"has no model weights \(model.safetensors\)"),
+    ("no-tokenizer", FileNotFoundError, r"has no tokenizer.json"),
+    ("linked-weights", ValueError, r"\['model.safetensors'\] are symbolic links, which are never uploaded"),
+])
+def test_push_refuses_a_folder_without_weights_or_tokenizer(saved, tmp_path, problem, error, message):
+    folder = tmp_path / "model"
+    shutil.copytree(saved.folder, folder)
+    if problem == "no-weights":
+        (folder / "model.safetensors").unlink()
+    elif problem == "no-tokenizer":
+        (folder / "tokenizer.json").unlink()
+    else:
+        (folder / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+        (folder / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(error, match=message):
+        push_to_hub(folder, "someone/tiny-rnn-attn", dry_run=True)
+
+
 def test_push_rejects_bad_folders_and_ids(saved, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         push_to_hub(tmp_path / "missing", "someone/x", dry_run=True)
@@ -376,6 +446,80 @@ def test_cli_translate_errors(problem, saved, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     assert err.startswith("hf-rnn-attn translate: error: ")
     assert re.search(expected, err), err
+
+
+def assert_one_line_error(err, command="translate"):
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"hf-rnn-attn {command}: error: "), err
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate-weights", r"model.safetensors is not a readable safetensors file .*corrupted or truncated"),
+    ("garbage-weights", r"model.safetensors is not a readable safetensors file"),
+    ("truncate-tokenizer", r"tokenizer.json is not valid JSON .*corrupted or truncated"),
+])
+def test_cli_names_a_corrupted_file(saved, tmp_path, capsys, damage, message):
+    folder = tmp_path / "model"
+    shutil.copytree(saved.folder, folder)
+    name = "tokenizer.json" if damage == "truncate-tokenizer" else "model.safetensors"
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(b"\x00" * 64 if damage == "garbage-weights" else data[: len(data) // 2])
+    (tmp_path / "source.txt").write_text("el gato\n", encoding="utf-8")
+    status = cli.main(["translate", "--model", str(folder), "--input", str(tmp_path / "source.txt"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert_one_line_error(err)
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--device", "banana"], r"argument --device: 'banana' is not a device of this machine"),
+    (["--device", "cuda:99"], r"argument --device: 'cuda:99' is not a device of this machine"),
+    (["--batch_size", "0"], r"argument --batch_size: must be a positive integer, got 0"),
+    (["--max_source_length", "-2"], r"argument --max_source_length: must be a positive integer, got -2"),
+])
+def test_cli_bad_arguments_are_one_line_and_status_2(saved, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["translate", "--model", str(saved.folder), *arguments])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert_one_line_error(err)
+    assert re.search(message, err), err
+
+
+def test_cli_failed_write_keeps_the_previous_output(saved, tmp_path):
+    """A write that fails midway (here: a file size limit, as a full disk would) must not destroy the file."""
+    output = tmp_path / "out.txt"
+    output.write_text("the previous translations\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    limit = 40  # bytes; the translations below are longer
+    completed = subprocess.run(
+        [sys.executable, "-m", "hf_rnn_attn.cli", "translate", "--model", str(saved.folder), "--output", str(output),
+         "--max_new_tokens", "12", "--device", "cpu"],
+        input="\n".join(SOURCES * 5) + "\n", capture_output=True, text=True, encoding="utf-8", env=env, cwd=tmp_path,
+        timeout=600, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert_one_line_error(completed.stderr)
+    assert "cannot write --output" in completed.stderr and "File too large" in completed.stderr
+    assert output.read_text(encoding="utf-8") == "the previous translations\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.txt"]  # no temporary file left
+
+
+def test_cli_truncates_sources_for_the_location_score(tokenizer, tmp_path, capsys):
+    model = train_copy_model("lstm-luong", tokenizer, steps=0, attention_score="location", max_source_positions=4)
+    save_for_hub(model, tokenizer, tmp_path / "model")
+    long_line = "el gato come la luna azul y el perro bebe agua"
+    assert len(tokenizer(long_line)["input_ids"]) > 4
+    (tmp_path / "source.txt").write_text(f"el\n{long_line}\n", encoding="utf-8")
+    arguments = ["translate", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "source.txt"),
+                 "--max_new_tokens", "3", "--device", "cpu"]
+    assert cli.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err)
+    assert re.search(r"exceeds max_source_positions=4 .*Pass --max_source_length 4 to truncate longer sources", err)
+    assert cli.main([*arguments, "--max_source_length", "4"]) == 0
+    assert len(capsys.readouterr().out.split("\n")) == 3  # two translations and the final line end
 
 
 def test_cli_push_dry_run_and_failure(saved, capsys, monkeypatch):

@@ -1,0 +1,514 @@
+"""Side-by-side speed benchmark against OpenNMT-py 3.0.4: same data, subwords, model shape, steps and test verses.
+
+Usage:
+    .venv/bin/pip install -e ".[bench]"                       # OpenNMT-py 3.0.4 on the pinned torch
+    .venv/bin/python scripts/benchmark_peers.py               # 300 steps each, 1,000 test verses, beams 1 and 5
+    .venv/bin/python scripts/benchmark_peers.py --train_steps 20 --decode_sentences 64 --output_dir runs/bench-smoke
+    .venv/bin/python scripts/benchmark_peers.py --skip_onmt   # ours again (after editing HF_TRAIN_ARGS);
+                                                              # OpenNMT-py's numbers from its last run there
+    .venv/bin/python scripts/benchmark_peers.py --reuse       # keep both trained models, time decoding again
+    .venv/bin/python scripts/benchmark_peers.py --tokenizer runs/tokenizer    # an existing joint tokenizer
+
+Both toolkits see the same train split, cut by the same joint BPE tokenizer (OpenNMT-py gets it as
+space-separated subwords and a vocabulary written from the tokenizer; its output is decoded back to text with
+the same tokenizer). They train one after the other for --train_steps steps of 64 sentences, then translate the
+first --decode_sentences test verses through their own command lines, each timed as a whole process. Everything
+runs with --threads threads. One markdown table is printed and written with all raw numbers to
+OUTPUT_DIR/results.json.
+
+Useful FLOPs count only the matrix products a model needs (`training_flops_per_target_token`), on real tokens:
+padding, and OpenNMT-py's recomputation of the attention keys at every target step, are not useful work.
+"""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+from transformers import AutoTokenizer, HfArgumentParser
+
+from hf_rnn_attn import RNNAttnConfig
+from hf_rnn_attn.metrics import load_translation_metric
+from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
+
+# Our side of the comparison; run-specific arguments (steps, seed, paths) are appended by `train_ours`.
+# --encoder_hidden_size 128 matches OpenNMT-py's brnn, which splits hidden_size 256 into two 128 directions.
+HF_TRAIN_ARGS = [
+    "--preset", "bigru-bahdanau", "--embedding_size", "256", "--hidden_size", "256", "--encoder_hidden_size", "128",
+    "--dropout", "0", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
+    "--lr_scheduler_type", "constant", "--max_grad_norm", "5", "--eval_strategy", "no", "--save_strategy", "no",
+    "--report_to", "none", "--dataloader_num_workers", "0", "--use_cpu", "true",
+    "--train_sampling_strategy", "group_by_length",  # batches of similar target length: little padding
+]
+
+# OpenNMT-py's side, as asked in issue 14; data paths, steps and seed are added by `train_onmt`.
+ONMT_SETTINGS = {
+    "encoder_type": "brnn", "decoder_type": "rnn", "rnn_type": "GRU", "layers": 1, "word_vec_size": 256,
+    "hidden_size": 256, "global_attention": "mlp", "input_feed": 1, "dropout": [0.0], "batch_type": "sents",
+    "batch_size": 64, "optim": "adam", "learning_rate": 0.001, "max_grad_norm": 5, "param_init": 0.1,
+    "world_size": 1, "gpu_ranks": [], "num_workers": 0,
+    # src/tgt_seq_length act only through the filtertoolong transform; ours truncates at 128 tokens instead.
+    "transforms": ["filtertoolong"], "src_seq_length": 128, "tgt_seq_length": 128,
+    "share_vocab": True, "report_every": 1,  # one log line per step gives its exact target tokens and loop end
+}
+ONMT_SPECIALS = 4  # <unk> <blank> <s> </s>, which onmt prepends to the vocabulary file's tokens
+
+BIN = Path(sys.executable).parent
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+GNU_TIME = "/usr/bin/time"
+
+
+@dataclass
+class PeerBenchmarkArguments:
+    dataset: str = field(default="data/bible-es-en", metadata={"help": "Folder with train/validation/test.jsonl."})
+    output_dir: str = field(default="runs/benchmark_peers", metadata={"help": "Data, models, logs, results.json."})
+    source_lang: str = "es"
+    target_lang: str = "en"
+    tokenizer: str | None = field(default=None, metadata={"help": "Joint tokenizer folder (default: train one)."})
+    vocab_size: int = field(default=8000, metadata={"help": "Size of the joint vocabulary when training one."})
+    train_steps: int = field(default=300, metadata={"help": "Training steps of 64 sentences for each toolkit."})
+    decode_sentences: int = field(default=1000, metadata={"help": "First test verses to translate."})
+    num_beams: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "Beam sizes to time."})
+    max_length: int = field(default=200, metadata={"help": "Longest translation in subword tokens."})
+    threads: int = 2
+    seed: int = 1
+    skip_onmt: bool = field(default=False, metadata={"help": "Reuse OpenNMT-py's measurements from output_dir."})
+    skip_ours: bool = field(default=False, metadata={"help": "Reuse hf_rnn_attn's measurements from output_dir."})
+    reuse: bool = field(default=False, metadata={"help": "Keep models already trained in output_dir; decode again."})
+    onmt_bucket_size: int | None = field(default=None, metadata={
+        "help": "OpenNMT-py's bucket_size (default: its own, 262144 examples, filled before the first step)."})
+
+
+# ---------------------------------------------------------------------------------------------------- machine
+
+def describe_machine(threads):
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    return {
+        "cpu": fields.get("Model name", "unknown").strip(),
+        "cores": os.cpu_count(),
+        "flags": {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")},
+        "torch": torch.__version__,
+        "threads": threads,
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def matmul_peak_flops(size=4096, repeats=3):
+    """Best fp32 FLOP/s of a size x size torch.matmul: the machine's practical peak."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def run_measured(command, log_path, env_extra=None):
+    """Run `command` to completion under GNU time; returns wall seconds (process start included) and peak RSS."""
+    rusage_path = Path(log_path).with_suffix(".time")
+    env = {**os.environ, **(env_extra or {})}
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.run([GNU_TIME, "-v", "-o", str(rusage_path), *map(str, command)], stdout=log,
+                                 stderr=subprocess.STDOUT, env=env)
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        sys.exit(f"{Path(command[0]).name} failed (exit {process.returncode}); see {log_path}")
+    peak_kib = re.search(r"Maximum resident set size \(kbytes\): (\d+)", rusage_path.read_text())
+    return {"wall_seconds": wall, "peak_rss_mib": int(peak_kib.group(1)) / 1024, "command": list(map(str, command))}
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+def read_split(dataset, split, source_lang, target_lang):
+    with open(Path(dataset) / f"{split}.jsonl", encoding="utf-8") as lines:
+        pairs = [json.loads(line)["translation"] for line in lines if line.strip()]
+    return [pair[source_lang] for pair in pairs], [pair[target_lang] for pair in pairs]
+
+
+def load_or_train_tokenizer(args, out):
+    if args.tokenizer:
+        return AutoTokenizer.from_pretrained(args.tokenizer), args.tokenizer
+    folder = out / "tokenizer"
+    if not (args.reuse and (folder / "tokenizer.json").is_file()):
+        sources, targets = read_split(args.dataset, "train", args.source_lang, args.target_lang)
+        train_translation_tokenizer(sources, targets, vocab_size=args.vocab_size).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder), str(folder)
+
+
+def subwords(tokenizer, texts):
+    """Subword tokens of each text, without the `</s>` the tokenizer appends (onmt adds its own)."""
+    token_lists = [tokenizer.convert_ids_to_tokens(ids[:-1]) for ids in tokenizer(texts)["input_ids"]]
+    for tokens in token_lists:
+        if any(len(token.split()) != 1 for token in tokens):
+            sys.exit(f"A subword contains whitespace, so it cannot be written space-separated: {tokens}")
+    return token_lists
+
+
+def write_lines(path, lines):
+    Path(path).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def prepare_data(args, tokenizer, out):
+    """Segmented splits and the vocabulary for onmt, raw test sources and references; length statistics.
+
+    Statistics are per train pair, in subwords without `</s>`: `source`, `target` and `source_x_target`
+    (the attention's work), means over the split.
+    """
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for split, name in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        sources, targets = read_split(args.dataset, split, args.source_lang, args.target_lang)
+        if split == "test":
+            sources, targets = sources[: args.decode_sentences], targets[: args.decode_sentences]
+            write_lines(data / "test.src.txt", sources)
+            write_lines(data / "test.ref.txt", targets)
+        source_tokens, target_tokens = subwords(tokenizer, sources), subwords(tokenizer, targets)
+        write_lines(data / f"{name}.src.sub", (" ".join(tokens) for tokens in source_tokens))
+        write_lines(data / f"{name}.tgt.sub", (" ".join(tokens) for tokens in target_tokens))
+        if split == "train":
+            lengths = [(len(s), len(t)) for s, t in zip(source_tokens, target_tokens)]
+            stats = {"pairs": len(lengths),
+                     "source": sum(s for s, _ in lengths) / len(lengths),
+                     "target": sum(t for _, t in lengths) / len(lengths),
+                     "source_x_target": sum(s * t for s, t in lengths) / len(lengths),
+                     "longest": max(max(pair) for pair in lengths)}
+    specials = set(tokenizer.all_special_tokens)
+    vocabulary = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+                  if token not in specials]
+    write_lines(data / "vocab.txt", vocabulary)
+    return data, stats
+
+
+def detokenize(tokenizer, lines):
+    return [tokenizer.decode(tokenizer.convert_tokens_to_ids(line.split()), skip_special_tokens=True)
+            for line in lines]
+
+
+def score_translations(hypotheses, references, tokenizer, metric):
+    """BLEU, and the mean output length in subwords: a decoder that stops early has less to do."""
+    lengths = [len(ids) - 1 for ids in tokenizer(hypotheses)["input_ids"]]  # without </s>
+    return {"bleu": metric.compute(predictions=hypotheses, references=references)["bleu"],
+            "output_subwords": sum(lengths) / len(lengths)}
+
+
+# ------------------------------------------------------------------------------------------------------ FLOPs
+
+def gru_macs(input_size, hidden_size):
+    """Multiply-adds of one GRU step: three gates, each W x + U h."""
+    return 3 * (input_size + hidden_size) * hidden_size
+
+
+def training_flops_per_target_token(shape, stats, source_extra, target_extra):
+    """Useful training FLOPs per real target token of a 1-layer BiGRU encoder and input-fed GRU decoder.
+
+    Per pair of S source and T target tokens (`stats` means plus the toolkit's own `*_extra` tokens, e.g. `</s>`):
+    S x (two GRU directions + the attention key projection), T x (decoder GRU on [emb ; fed vector], query
+    projection, output layers) and S x T x (additive score v^T tanh(.) and the context sum); x2 for multiply and
+    add, x3 for forward + backward. Per-pair terms (the initial decoder state) are left out.
+    """
+    e, k_dir, h, a = shape["embedding"], shape["encoder_hidden"], shape["hidden"], shape["attention"]
+    k = 2 * k_dir
+    source, target = stats["source"] + source_extra, stats["target"] + target_extra
+    source_x_target = (stats["source_x_target"] + target_extra * stats["source"] + source_extra * stats["target"]
+                       + source_extra * target_extra)
+    macs = (source * (2 * gru_macs(e, k_dir) + k * a)
+            + target * (gru_macs(e + shape["feed"], h) + h * a + shape["output_macs"])
+            + source_x_target * (a + k))
+    return 2 * 3 * macs / target
+
+
+def onmt_shape(vocab_size):
+    """OpenNMT-py's input-fed decoder feeds attn_h = tanh(W_out [c ; h]) (size H) and projects it to the vocabulary."""
+    h, k = ONMT_SETTINGS["hidden_size"], ONMT_SETTINGS["hidden_size"]
+    return {"embedding": ONMT_SETTINGS["word_vec_size"], "encoder_hidden": k // 2, "hidden": h, "attention": h,
+            "feed": h, "output_macs": (k + h) * h + h * vocab_size}
+
+
+def our_shape(config):
+    """Ours feeds the context c (size K); the output is W_o [h ; c] ('linear') or W_s tanh(W_c [h ; c]) ('tanh')."""
+    if (config.rnn_cell, config.encoder_layers, config.decoder_layers, config.bidirectional_encoder,
+            config.attention_score, config.input_feeding) != ("gru", 1, 1, True, "additive", True):
+        sys.exit("The FLOP count covers the bigru-bahdanau shape only; HF_TRAIN_ARGS asks for another.")
+    k, h = config.encoder_output_size, config.hidden_size
+    w_c = (h + k) * h if config.output_layer == "tanh" else 0
+    return {"embedding": config.embedding_size, "encoder_hidden": config.encoder_hidden_size, "hidden": h,
+            "attention": config.attention_hidden_size, "feed": k,
+            "output_macs": w_c + config.output_layer_input_size * config.vocab_size}
+
+
+# --------------------------------------------------------------------------------------------------- OpenNMT-py
+
+ONMT_LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO\] (.*)$")
+ONMT_STEP = re.compile(r"Step\s+(\d+)/\s*\d+; .*?bsz:\s*\d+/\s*(\d+)/")
+
+
+def onmt_env(threads):
+    # torch >= 2.6 loads checkpoints with weights_only=True by default; OpenNMT-py 3.0.4's checkpoints hold its
+    # options (an argparse.Namespace) and vocabularies, which that refuses, so its translate step could not
+    # load a model. Only OpenNMT-py's own processes get this, for its own freshly written checkpoints.
+    return {"OMP_NUM_THREADS": str(threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+
+
+def parse_onmt_training_log(log_path):
+    """Real target tokens (with `</s>`) and seconds from 'Start training loop' to the first and last step's report.
+
+    With report_every 1 each 'Step' line's batch target size ("bsz: src/tgt/sents") is one batch's count of
+    non-padding target tokens.
+    """
+    start = first = end = None
+    tokens = steps = 0
+    for line in Path(log_path).read_text(encoding="utf-8").splitlines():
+        match = ONMT_LOG_LINE.match(line)
+        if not match:
+            continue
+        stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if match.group(2).startswith("Start training loop"):
+            start = stamp
+        step = ONMT_STEP.search(match.group(2))
+        if step:
+            steps, end = int(step.group(1)), stamp
+            first = first or stamp
+            tokens += int(step.group(2))
+    if start is None or end is None:
+        sys.exit(f"No training steps found in {log_path}")
+    return {"steps": steps, "target_tokens": tokens, "loop_seconds": end - start, "first_step_seconds": first - start}
+
+
+def train_onmt(args, data, folder):
+    config = {
+        **ONMT_SETTINGS,
+        "data": {"corpus_1": {"path_src": str(data / "train.src.sub"), "path_tgt": str(data / "train.tgt.sub")},
+                 "valid": {"path_src": str(data / "valid.src.sub"), "path_tgt": str(data / "valid.tgt.sub")}},
+        "src_vocab": str(data / "vocab.txt"),
+        "save_model": str(folder / "model"),
+        "train_steps": args.train_steps, "save_checkpoint_steps": args.train_steps, "seed": args.seed,
+    }
+    if args.onmt_bucket_size is not None:
+        config["bucket_size"] = args.onmt_bucket_size
+    config_path = folder / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    run = run_measured([BIN / "onmt_train", "-config", config_path], folder / "train.log", onmt_env(args.threads))
+    return {**run, **parse_onmt_training_log(folder / "train.log")}
+
+
+def onmt_parameters(model_path):
+    checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
+    return sum(tensor.numel() for part in ("model", "generator") for tensor in checkpoint[part].values())
+
+
+def translate_onmt(args, data, folder, model_path, tokenizer, num_beams):
+    output = folder / f"test.beam{num_beams}.sub"
+    run = run_measured([BIN / "onmt_translate", "-model", model_path, "-src", data / "test.src.sub",
+                        "-output", output, "-batch_size", 64, "-beam_size", num_beams,
+                        "-max_length", args.max_length], folder / f"translate.beam{num_beams}.log",
+                       onmt_env(args.threads))
+    hypotheses = detokenize(tokenizer, output.read_text(encoding="utf-8").splitlines())
+    write_lines(folder / f"test.beam{num_beams}.txt", hypotheses)
+    return run, hypotheses
+
+
+def benchmark_onmt(args, data, tokenizer, out):
+    folder = out / "onmt"
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path = folder / f"model_step_{args.train_steps}.pt"
+    train = _reused_training(args, folder, model_path) or train_onmt(args, data, folder)
+    vocab_size = len(Path(data / "vocab.txt").read_text(encoding="utf-8").splitlines()) + ONMT_SPECIALS
+    train.update(parameters=onmt_parameters(model_path), shape=onmt_shape(vocab_size), source_extra=0,
+                 target_extra=1)  # onmt's source has no </s>; its loss covers </s>
+    return train, {beams: translate_onmt(args, data, folder, model_path, tokenizer, beams)
+                   for beams in args.num_beams}
+
+
+# ---------------------------------------------------------------------------------------------------- ours
+
+def train_ours(args, tokenizer_folder, folder):
+    model_dir = folder / "model"
+    command = [sys.executable, TRAIN_SCRIPT, *HF_TRAIN_ARGS, "--max_steps", args.train_steps, "--seed", args.seed,
+               "--tokenizer", tokenizer_folder, "--dataset", args.dataset, "--output_dir", model_dir]
+    run = run_measured(command, folder / "train.log", {"OMP_NUM_THREADS": str(args.threads)})
+    metrics = json.loads((model_dir / "train_results.json").read_text())
+    return {**run, "steps": args.train_steps, "loop_seconds": metrics["train_runtime"],
+            "target_tokens": metrics.get("train_target_tokens")}
+
+
+def translate_ours(args, data, folder, num_beams):
+    output = folder / f"test.beam{num_beams}.txt"
+    run = run_measured([BIN / "hf-rnn-attn", "translate", "--model", folder / "model", "--input",
+                        data / "test.src.txt", "--output", output, "--batch_size", 64, "--num_beams", num_beams,
+                        "--max_new_tokens", args.max_length, "--device", "cpu"],
+                       folder / f"translate.beam{num_beams}.log", {"OMP_NUM_THREADS": str(args.threads)})
+    return run, output.read_text(encoding="utf-8").splitlines()
+
+
+def benchmark_ours(args, data, tokenizer_folder, stats, out):
+    folder = out / "ours"
+    folder.mkdir(parents=True, exist_ok=True)
+    model_dir = folder / "model"
+    train = _reused_training(args, folder, model_dir / "config.json") or train_ours(args, tokenizer_folder, folder)
+    if train["target_tokens"] is None:
+        # scripts/train.py does not count them (yet): random batches of 64 train pairs average the split's
+        # target length, +1 for </s>.
+        train.update(target_tokens=round((stats["target"] + 1) * 64 * train["steps"]), target_tokens_estimated=True)
+    with safe_open(model_dir / "model.safetensors", "pt") as weights:
+        parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    train.update(parameters=parameters, shape=our_shape(RNNAttnConfig.from_pretrained(model_dir)), source_extra=1,
+                 target_extra=1)
+    return train, {beams: translate_ours(args, data, folder, beams) for beams in args.num_beams}
+
+
+def _reused_training(args, folder, model_path):
+    """The saved training measurement when --reuse and the model it describes are there."""
+    saved = folder / "training.json"
+    if args.reuse and saved.is_file() and Path(model_path).is_file():
+        train = json.loads(saved.read_text())
+        if train["steps"] == args.train_steps:
+            return train
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+def measure(name, run_toolkit, score, stats, peak_flops, out):
+    """Run one toolkit (or load its last measurement with --skip_*), score it and save its measurements.
+
+    `score` maps a list of translations to {"bleu", "output_subwords"}.
+    """
+    folder = out / name
+    saved = folder / "measurements.json"
+    if run_toolkit is None:
+        return json.loads(saved.read_text()) if saved.is_file() else None
+    train, decodes = run_toolkit()
+    (folder / "training.json").write_text(json.dumps(train, indent=2))
+    flops = training_flops_per_target_token(train["shape"], stats, train["source_extra"], train["target_extra"])
+    tokens_per_second = train["target_tokens"] / train["loop_seconds"]
+    result = {
+        "measured_at": datetime.now().isoformat(timespec="seconds"),
+        "train": {**train, "target_tokens_per_second": tokens_per_second,
+                  "process_target_tokens_per_second": train["target_tokens"] / train["wall_seconds"],
+                  "parameters_m": train["parameters"] / 1e6, "useful_flops_per_target_token": flops,
+                  "useful_gflops_per_second": flops * tokens_per_second / 1e9,
+                  "percent_of_matmul_peak": 100 * flops * tokens_per_second / peak_flops},
+        "decode": {str(beams): {**run, "sentences_per_second": len(hypotheses) / run["wall_seconds"],
+                                **score(hypotheses)}
+                   for beams, (run, hypotheses) in decodes.items()},
+    }
+    saved.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def table_rows(args, theirs, ours):
+    """(metric, OpenNMT-py value, ours value, ratio) with the ratio > 1 where hf_rnn_attn does better.
+
+    Rows that only describe the run (`better=None`) get no ratio.
+    """
+
+    def get(result, *keys):
+        for key in keys:
+            if result is None or key not in result:
+                return None
+            result = result[key]
+        return result
+
+    def row(label, keys, digits, better="higher"):
+        a, b = get(theirs, *keys), get(ours, *keys)
+        ratio = None if better is None or not a or not b else (b / a if better == "higher" else a / b)
+        cell = (lambda value: "-" if value is None else f"{value:,.{digits}f}")
+        return [label, cell(a), cell(b), "-" if ratio is None else f"{ratio:.2f}"]
+
+    estimated = " (ours estimated)" if get(ours, "train", "target_tokens_estimated") else ""
+    rows = [
+        row("parameters (M)", ("train", "parameters_m"), 2, better=None),
+        row(f"training: real target tokens in {args.train_steps} steps{estimated}", ("train", "target_tokens"), 0,
+            better=None),
+        row("training: step loop (s)", ("train", "loop_seconds"), 1, better="lower"),
+        row("training: whole process (s)", ("train", "wall_seconds"), 1, better="lower"),
+        row(f"training: real target tokens/s, step loop{estimated}", ("train", "target_tokens_per_second"), 0),
+        row(f"training: real target tokens/s, whole process{estimated}", ("train", "process_target_tokens_per_second"),
+            0),
+        row("training: useful GFLOP/s", ("train", "useful_gflops_per_second"), 2),
+        row("training: % of fp32 matmul peak", ("train", "percent_of_matmul_peak"), 1),
+        row("training: peak RSS (MiB)", ("train", "peak_rss_mib"), 0, better="lower"),
+    ]
+    for beams in args.num_beams:
+        name = "greedy" if beams == 1 else f"beam {beams}"
+        rows += [row(f"{name}: sentences/s, process start included", ("decode", str(beams), "sentences_per_second"), 1),
+                 row(f"{name}: output subwords per sentence", ("decode", str(beams), "output_subwords"), 1,
+                     better=None),
+                 row(f"{name}: BLEU", ("decode", str(beams), "bleu"), 2)]
+    return rows
+
+
+def markdown_table(rows):
+    lines = ["| metric | OpenNMT-py 3.0.4 | hf_rnn_attn | ratio (> 1: hf_rnn_attn better) |", "|---|---:|---:|---:|"]
+    return "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in rows)])
+
+
+def main(argv=None):
+    (args,) = HfArgumentParser(PeerBenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    if not Path(GNU_TIME).is_file():
+        sys.exit(f"{GNU_TIME} is missing (peak RSS comes from it): apt-get install time")
+    if not args.skip_onmt and not (BIN / "onmt_train").is_file():
+        sys.exit('OpenNMT-py is not installed next to this Python: pip install -e ".[bench]"')
+    out = Path(args.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)  # the subprocesses get OMP_NUM_THREADS
+
+    machine = describe_machine(args.threads)
+    flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in machine["flags"].items())
+    print(f"CPU: {machine['cpu']} ({machine['cores']} cores; {flags})")
+    print(f"torch {machine['torch']}, {args.threads} threads; 1-min load average at start "
+          f"{machine['load_average_1min']:.2f}")
+    peak_flops = matmul_peak_flops()
+    print(f"fp32 matmul peak (4096^3 torch.matmul, {args.threads} threads): {peak_flops / 1e9:.1f} GFLOP/s")
+
+    tokenizer, tokenizer_folder = load_or_train_tokenizer(args, out)
+    data, stats = prepare_data(args, tokenizer, out)
+    print(f"Data: {stats['pairs']} train pairs, mean {stats['source']:.1f} source / {stats['target']:.1f} target "
+          f"subwords (longest {stats['longest']}), {len(tokenizer)}-token joint BPE from {tokenizer_folder}")
+    references = (data / "test.ref.txt").read_text(encoding="utf-8").splitlines()
+    metric = load_translation_metric()
+
+    runs = {
+        "onmt": None if args.skip_onmt else lambda: benchmark_onmt(args, data, tokenizer, out),
+        "ours": None if args.skip_ours else lambda: benchmark_ours(args, data, tokenizer_folder, stats, out),
+    }
+    score = partial(score_translations, references=references, tokenizer=tokenizer, metric=metric)
+    results = {name: measure(name, run, score, stats, peak_flops, out) for name, run in runs.items()}
+
+    table = markdown_table(table_rows(args, results["onmt"], results["ours"]))
+    notes = ["Ratios: rates and BLEU ours/theirs; seconds and memory theirs/ours."]
+    for key, name, skipped in (("onmt", "OpenNMT-py", args.skip_onmt), ("ours", "hf_rnn_attn", args.skip_ours)):
+        if skipped and results[key] is not None:
+            notes.append(f"{name}: numbers from its earlier run of {results[key]['measured_at']} "
+                         f"({results[key]['train']['steps']} steps), not from this one.")
+    if results["onmt"] is not None:
+        notes.append(f"OpenNMT-py's step loop includes {results['onmt']['train']['first_step_seconds']:.1f} s "
+                     f"before its first step, filling its bucket of examples (--onmt_bucket_size).")
+    if results["ours"] is not None and results["ours"]["train"].get("target_tokens_estimated"):
+        notes.append("hf_rnn_attn's target tokens are estimated (mean train target length + 1, x 64 x steps): "
+                     "scripts/train.py reported no train_target_tokens.")
+    print(f"\n{table}\n\n" + "\n".join(notes))
+    (out / "results.json").write_text(json.dumps(
+        {"machine": machine, "matmul_peak_flops": peak_flops, "arguments": vars(args), "data": stats,
+         "hf_train_args": HF_TRAIN_ARGS, "onmt_settings": ONMT_SETTINGS, "table": table, "notes": notes,
+         **results}, indent=2))
+    print(f"Wrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,153 @@
+"""Every fast path equals the plain path it replaces."""
+
+import pytest
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from hf_rnn_attn import modeling_rnn_attn
+from hf_rnn_attn.attention import AdditiveScoreFunction
+from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
+from tiny_models import VARIANTS, source_batch, tiny_model
+
+
+def loss_and_gradients(model, **inputs):
+    model.zero_grad()
+    output = model(**inputs)
+    output.loss.backward()
+    return output, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-general"])
+@pytest.mark.parametrize("tie_word_embeddings", [False, True])
+def test_training_loss_without_logits_equals_the_plain_loss(variant, tie_word_embeddings):
+    overrides = {"tie_word_embeddings": True, "output_layer": "tanh", "embedding_size": 16} if tie_word_embeddings else {}
+    model = tiny_model(variant, **overrides).train()
+    input_ids, attention_mask = source_batch()
+    labels = torch.randint(3, 20, (3, 6), generator=torch.Generator().manual_seed(2))
+    labels[1, 4:] = -100
+    labels[2, 2:] = -100
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=11)
+    fused, fused_grads = loss_and_gradients(model, **inputs)
+    plain, plain_grads = loss_and_gradients(model, skip_logits=False, **inputs)
+    assert fused.logits is None and plain.logits is not None
+    torch.testing.assert_close(fused.loss, plain.loss, atol=1e-6, rtol=1e-6)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 100])
+def test_linear_cross_entropy_in_chunks_equals_cross_entropy_of_the_logits(chunk_size):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 4, 5, generator=generator, requires_grad=True)
+    weight = torch.randn(7, 5, generator=generator, requires_grad=True)
+    bias = torch.randn(7, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 4), generator=generator)
+    labels[0, 1] = -100
+    fused = linear_cross_entropy(features, weight, bias, labels, chunk_size=chunk_size)
+    (3 * fused).backward()
+    fused_grads = [t.grad.clone() for t in (features, weight, bias)]
+    for t in (features, weight, bias):
+        t.grad = None
+    logits = torch.nn.functional.linear(features, weight, bias)
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+    (3 * plain).backward()
+    torch.testing.assert_close(fused, plain)
+    for fused_grad, t in zip(fused_grads, (features, weight, bias)):
+        torch.testing.assert_close(fused_grad, t.grad)
+
+
+class PassThrough(LogitsProcessor):
+    """Changes nothing, but makes generate() use transformers' own decoding loops."""
+
+    def __call__(self, input_ids, scores):
+        return scores
+
+
+GENERATION_CASES = {
+    "greedy": dict(num_beams=1),
+    "beam": dict(num_beams=3),
+    "beam-return-3": dict(num_beams=4, num_return_sequences=3),
+    "beam-early-stopping": dict(num_beams=3, early_stopping=True, length_penalty=0.6),
+    "beam-never": dict(num_beams=3, early_stopping="never", length_penalty=1.5),
+}
+
+
+@pytest.mark.parametrize("case", list(GENERATION_CASES))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_lean_decoding_gives_the_tokens_of_transformers_loops(variant, case, monkeypatch):
+    calls = []
+    for name in ("greedy_search", "beam_search"):
+        loop = getattr(modeling_rnn_attn, name)
+        monkeypatch.setattr(modeling_rnn_attn, name, lambda *args, _loop=loop, **kwargs: calls.append(1) or _loop(*args, **kwargs))
+    model = tiny_model(variant, eos_token_id=3)  # token 3 is frequent in the tiny models: sentences end at many steps
+    input_ids, attention_mask = source_batch(batch_size=3)
+    input_ids = torch.cat([input_ids, input_ids.flip(0)])
+    attention_mask = torch.cat([attention_mask, attention_mask.flip(0)])
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, **GENERATION_CASES[case])
+    lean = model.generate(**kwargs)
+    assert len(calls) == 1  # the lean loop ran, and only for the first call
+    reference = model.generate(logits_processor=LogitsProcessorList([PassThrough()]), **kwargs)
+    assert torch.equal(lean, reference)
+    if kwargs["num_beams"] > 1:  # the beam scores of transformers' loop belong to these very sequences
+        scored = model.generate(return_dict_in_generate=True, output_scores=True, **kwargs)
+        assert torch.equal(scored.sequences, lean)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_lean_decoding_continues_a_longer_decoder_prompt_like_transformers(num_beams):
+    model = tiny_model("bigru-bahdanau", eos_token_id=3)
+    input_ids, attention_mask = source_batch()
+    prompt = torch.tensor([[1, 7, 9]] * 3)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=prompt, max_new_tokens=8,
+                  num_beams=num_beams)
+    lean = model.generate(**kwargs)
+    assert torch.equal(lean[:, :3], prompt)
+    assert torch.equal(lean, model.generate(logits_processor=LogitsProcessorList([PassThrough()]), **kwargs))
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_source_length_cap_bounds_each_translation_by_its_own_source(num_beams):
+    model = tiny_model("bigru-bahdanau", eos_token_id=19)  # a rare token: without the cap, outputs run long
+    input_ids, attention_mask = source_batch(batch_size=3)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30, num_beams=num_beams)
+    capped = model.generate(source_length_cap=(0.5, 1), **kwargs)
+    # Ended sequences are filled with padding (greedy) or EOS (beam search): count the tokens before the fill.
+    filled = (capped[:, 1:] == model.config.pad_token_id) | (capped[:, 1:] == 19)
+    new_tokens = torch.where(filled.any(dim=1), filled.int().argmax(dim=1), filled.size(1))
+    limits = torch.ceil(0.5 * attention_mask.sum(dim=1) + 1)
+    assert (new_tokens <= limits).all() and (new_tokens == limits).any()
+    assert torch.equal(model.generate(source_length_cap=(100, 100), **kwargs), model.generate(**kwargs))
+
+
+@pytest.mark.parametrize("cap", [(0, 10), (1.5,), "1.5,10", (1.5, -1)])
+def test_source_length_cap_rejects_bad_values(cap):
+    model = tiny_model("bigru-bahdanau")
+    input_ids, attention_mask = source_batch()
+    with pytest.raises(ValueError, match="source_length_cap"):
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, source_length_cap=cap, max_new_tokens=3)
+
+
+def test_source_length_cap_needs_plain_search():
+    model = tiny_model("bigru-bahdanau")
+    input_ids, attention_mask = source_batch()
+    with pytest.raises(ValueError, match="plain greedy and beam search"):
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, source_length_cap=(1.5, 10),
+                       no_repeat_ngram_size=2, max_new_tokens=3)
+
+
+def test_additive_score_recomputing_tanh_equals_autograd():
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 3, 5, generator=generator, requires_grad=True)
+    keys = torch.randn(2, 4, 5, generator=generator, requires_grad=True)
+    v = torch.randn(5, generator=generator, requires_grad=True)
+    weights = torch.randn(2, 3, 4, generator=generator)
+    fused = AdditiveScoreFunction.apply(query, keys, v)
+    fused_grads = torch.autograd.grad((fused * weights).sum(), (query, keys, v))
+    plain = torch.tanh(query.unsqueeze(2) + keys.unsqueeze(1)) @ v
+    plain_grads = torch.autograd.grad((plain * weights).sum(), (query, keys, v))
+    torch.testing.assert_close(fused, plain)
+    for fused_grad, plain_grad in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(fused_grad, plain_grad)
+    assert torch.autograd.gradcheck(AdditiveScoreFunction.apply, (query.double(), keys.double(), v.double()))
