@@ -15,6 +15,9 @@ all its beams are finished), so the tokens and scores are the same.
 Shapes: B sentences, N beams, R = B x N rows, A active sentences, M max_length.
 """
 
+import copy
+from dataclasses import replace
+
 import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
@@ -57,6 +60,20 @@ class ActiveRows:
         self.keys = self.keys.index_select(0, rows)
         self.mask = self.mask.index_select(0, rows)
 
+    def take(self, rows):
+        """A new `ActiveRows` holding a copy of `rows`; this one is unchanged."""
+        taken = copy.copy(self)
+        taken.state = replace(self.state)
+        taken.keep(rows)
+        return taken
+
+    def extend(self, other):
+        """Appends the rows of `other` (same source width) after these."""
+        for name, tensor in self.state.tensors().items():
+            setattr(self.state, name, torch.cat([tensor, getattr(other.state, name)]))
+        self.keys = torch.cat([self.keys, other.keys])
+        self.mask = torch.cat([self.mask, other.mask])
+
 
 def source_length_limits(source_length_cap, attention_mask, prompt_len, rows_per_sentence=1):
     """Each sentence's `max_length` under `source_length_cap=(a, b)`: at most `a * S + b` new tokens for a source
@@ -72,8 +89,13 @@ def source_length_limits(source_length_cap, attention_mask, prompt_len, rows_per
 
 
 @torch.no_grad()
-def greedy_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None, **model_kwargs):
-    """transformers' greedy `_sample` loop: argmax until a stopping criterion holds; ended rows hold padding."""
+def greedy_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None,
+                  max_active_rows=None, **model_kwargs):
+    """transformers' greedy `_sample` loop: argmax until a stopping criterion holds; ended rows hold padding.
+
+    With `max_active_rows`, at most that many sentences decode at once, and each one that ends is replaced by
+    the next waiting one (see `greedy_search_refilled`).
+    """
     pad_token_id = generation_config._pad_token_tensor
     max_length = stopping_criteria.max_length
     batch_size, cur_len = input_ids.shape
@@ -83,6 +105,8 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
     limits = None
     if source_length_cap is not None:
         limits = source_length_limits(source_length_cap, rows.mask, cur_len)
+    if max_active_rows is not None and max_active_rows < batch_size and cur_len == 1:
+        return greedy_search_refilled(rows, sequences, stopping_criteria, limits, max_active_rows)
     active = torch.arange(batch_size, device=input_ids.device)  # sentence of each row
     tokens = input_ids  # the whole decoder prompt first, as transformers' prefill step
     while active.numel():
@@ -99,6 +123,53 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
             rows.keep(open_rows)
             active, tokens = active[open_rows], tokens[open_rows]
     return sequences[:, :cur_len]
+
+
+def greedy_search_refilled(waiting, sequences, stopping_criteria, limits, max_active_rows):
+    """Greedy search over many sentences, at most `max_active_rows` at a time, refilled as sentences end.
+
+    Batches of a fixed set run as long as their longest translation, the last steps with a few rows, which
+    cost almost as much as full ones (the output layer's weights are read either way). Refilling keeps the
+    batch full until the last sentences. Each row's computation is that of `greedy_search`; the stopping
+    criteria (EOS, max_length) are applied per row, at each row's own length.
+
+    Args:
+        waiting: `ActiveRows` of every sentence, before its first step (one start token each).
+        sequences: B x M, the start tokens in column 0, padding elsewhere; filled in place.
+    """
+    eos = next((criterion.eos_token_id for criterion in stopping_criteria
+                if isinstance(criterion, EosTokenCriteria)), None)
+    max_length, batch_size = stopping_criteria.max_length, sequences.size(0)
+    lengths = torch.ones(batch_size, dtype=torch.long, device=sequences.device)  # tokens in each sequence
+    active = torch.zeros(0, dtype=torch.long, device=sequences.device)  # sentence of each row
+    tokens, rows, next_sentence = sequences[:0, 0], None, 0
+    while True:
+        free = max_active_rows - active.numel()
+        # Refill in groups: joining rows copies the state, so not for every single sentence that ends.
+        if next_sentence < batch_size and (free >= max(1, max_active_rows // 8) or not active.numel()):
+            joining = torch.arange(next_sentence, min(batch_size, next_sentence + free), device=sequences.device)
+            next_sentence += joining.numel()
+            new_rows = waiting.take(joining)
+            if rows is None:
+                rows = new_rows
+            else:
+                rows.extend(new_rows)
+            active, tokens = torch.cat([active, joining]), torch.cat([tokens, sequences[joining, 0]])
+        if not active.numel():
+            return sequences[:, :int(lengths.max())]
+        tokens = rows.next_logits(tokens).argmax(dim=-1)  # A
+        positions = lengths[active]
+        sequences[active, positions] = tokens
+        lengths[active] = positions + 1
+        done = positions + 1 >= max_length
+        if eos is not None:
+            done |= torch.isin(tokens, eos.to(tokens.device))
+        if limits is not None:
+            done |= limits[active] <= positions + 1
+        if done.any():
+            open_rows = (~done).nonzero().squeeze(1)
+            rows.keep(open_rows)
+            active, tokens = active[open_rows], tokens[open_rows]
 
 
 @torch.no_grad()

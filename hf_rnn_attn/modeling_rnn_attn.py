@@ -597,7 +597,8 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, num_items_in_batch=None, skip_logits=None,
-                source_length_cap=None, inputs_embeds=None, decoder_inputs_embeds=None, **kwargs):
+                source_length_cap=None, max_active_rows=None, inputs_embeds=None, decoder_inputs_embeds=None,
+                **kwargs):
         """Teacher-forced logits (and the loss when `labels` are given) or one generation step.
 
         The other arguments are `RNNAttnModel.forward`'s; `return_dict` defaults to the config's.
@@ -607,7 +608,9 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
         batch's count.
 
         `source_length_cap=(a, b)` is read by `generate()`: greedy and beam search then give a source of S
-        tokens at most `a * S + b` new tokens (see `lean_decoding.source_length_limits`).
+        tokens at most `a * S + b` new tokens (see `lean_decoding.source_length_limits`). `max_active_rows=N` is
+        read by greedy `generate()` too: it decodes N sentences at a time, replacing each that ends by the next one
+        (`lean_decoding.greedy_search_refilled`), for a large batch; the results do not change.
 
         `skip_logits` (default: training with `labels`, as with Liger-Kernel in transformers) returns
         `logits=None` and computes the loss chunk by chunk without the B x T x V logits (`linear_cross_entropy`):
@@ -636,8 +639,9 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
             if fused:
                 total = linear_cross_entropy(features, self.lm_head.weight, self.lm_head.bias, labels)
             else:
-                total = F.cross_entropy((logits if logits is not None else self.lm_head(features)).flatten(0, 1).float(),
-                                        labels.flatten(), ignore_index=-100, reduction="sum")
+                logits_for_loss = logits if logits is not None else self.lm_head(features)
+                total = F.cross_entropy(logits_for_loss.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                        reduction="sum")
             count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
             loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
         output = Seq2SeqLMOutput(

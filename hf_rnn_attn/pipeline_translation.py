@@ -15,6 +15,9 @@ This file imports only torch and transformers, so it loads from a folder on its 
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig, Pipeline
 
 
+GREEDY_BATCHES_PER_CALL = 4
+
+
 class RNNAttnTranslationPipeline(Pipeline):
     """Source text -> translation with `model.generate()`.
 
@@ -67,10 +70,29 @@ class RNNAttnTranslationPipeline(Pipeline):
         else:
             lengths = [0] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
+        ordered = [texts[i] for i in order]
+        batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
+        if self._decodes_greedily(kwargs) and batch_size > 1:
+            # A few batches' worth per generate() call, `batch_size` sentences decoding at a time, each that ends
+            # replaced by the next (lean_decoding.greedy_search_refilled): the same translations, no batch waits
+            # for its longest one. Only a few batches: every row attends over the longest source of its call.
+            group, results = GREEDY_BATCHES_PER_CALL * batch_size, []
+            for start in range(0, len(ordered), group):
+                results += super().__call__(ordered[start:start + group], batch_size=group,
+                                            max_active_rows=batch_size, **kwargs)
+        else:
+            results = super().__call__(ordered, batch_size=batch_size, **kwargs)
         translations = [None] * len(texts)
-        for index, translation in zip(order, super().__call__([texts[i] for i in order], **kwargs)):
+        for index, translation in zip(order, results):
             translations[index] = translation
         return translations
+
+    def _decodes_greedily(self, call_kwargs):
+        """Whether generate() will run greedy search: one beam, no sampling (the call's, else the pipeline's, else
+        the model's setting)."""
+        def setting(name):
+            return call_kwargs.get(name, self._forward_params.get(name, getattr(self.model.generation_config, name)))
+        return (setting("num_beams") or 1) == 1 and not setting("do_sample")
 
     def _blank_translation(self, call_kwargs):
         """As many empty records as the call would return sequences."""

@@ -151,3 +151,18 @@ def test_additive_score_recomputing_tanh_equals_autograd():
     for fused_grad, plain_grad in zip(fused_grads, plain_grads):
         torch.testing.assert_close(fused_grad, plain_grad)
     assert torch.autograd.gradcheck(AdditiveScoreFunction.apply, (query.double(), keys.double(), v.double()))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_refilled_greedy_search_gives_the_tokens_of_transformers_loop(variant):
+    model = tiny_model(variant, eos_token_id=3)
+    input_ids, attention_mask = source_batch(batch_size=3)
+    more_ids, more_mask = source_batch(seed=1, batch_size=3)
+    input_ids = torch.cat([input_ids, input_ids.flip(0), more_ids])
+    attention_mask = torch.cat([attention_mask, attention_mask.flip(0), more_mask])
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12)
+    reference = model.generate(logits_processor=LogitsProcessorList([PassThrough()]), **kwargs)
+    for max_active_rows in (1, 2, 5):
+        assert torch.equal(model.generate(max_active_rows=max_active_rows, **kwargs), reference)
+    capped = model.generate(source_length_cap=(0.5, 1), **kwargs)
+    assert torch.equal(model.generate(source_length_cap=(0.5, 1), max_active_rows=2, **kwargs), capped)

@@ -219,13 +219,19 @@ def test_pipeline_batching_and_generation_kwargs(translator, saved):
 
 
 def test_pipeline_batches_sources_of_similar_length_and_keeps_the_input_order(translator, saved, monkeypatch):
-    batches = []
+    calls = []
     generate = saved.model.generate
-    monkeypatch.setattr(saved.model, "generate", lambda **kwargs: batches.append(kwargs["attention_mask"].sum(1).tolist())
-                        or generate(**kwargs))
-    assert translator(SOURCES, batch_size=2) == [[{"translation_text": text}] for text in saved.references[0]]
+    monkeypatch.setattr(saved.model, "generate", lambda **kwargs: calls.append(
+        (kwargs["attention_mask"].sum(1).tolist(), kwargs.get("max_active_rows"))) or generate(**kwargs))
     lengths = sorted((len(saved.tokenizer(text)["input_ids"]) for text in SOURCES), reverse=True)
-    assert [sorted(batch, reverse=True) for batch in batches] == [lengths[:2], lengths[2:]]
+    # Beam search: batches of 2, longest first.
+    beams = translator(SOURCES, batch_size=2, num_beams=3)
+    assert [records[0]["translation_text"] for records in beams] == saved.references[1]
+    assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths[:2], None), (lengths[2:], None)]
+    # Greedy search: one generate() call, longest first, 2 sentences decoding at a time.
+    calls.clear()
+    assert translator(SOURCES, batch_size=2) == [[{"translation_text": text}] for text in saved.references[0]]
+    assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths, 2)]
 
 
 def test_pipeline_records_languages(saved):
