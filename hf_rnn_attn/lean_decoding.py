@@ -93,77 +93,51 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
                   max_active_rows=None, **model_kwargs):
     """transformers' greedy `_sample` loop: argmax until a stopping criterion holds; ended rows hold padding.
 
-    With `max_active_rows`, at most that many sentences decode at once, and each one that ends is replaced by
-    the next waiting one (see `greedy_search_refilled`).
+    Rows leave as their sentences end. With `max_active_rows` (and a one-token decoder prompt), at most that
+    many sentences decode at once, and those that end are replaced by the next waiting ones: batches of a fixed
+    set run as long as their longest translation, the last steps with a few rows, which cost almost as much as
+    full ones (the output layer's weights are read either way). Each row's computation is the same whenever it
+    joins. The stopping criteria, EOS and max_length only (`lean_decoding_applies`), hold per row, at each row's
+    own length.
     """
     pad_token_id = generation_config._pad_token_tensor
-    max_length = stopping_criteria.max_length
-    batch_size, cur_len = input_ids.shape
-    sequences = input_ids.new_full((batch_size, max_length), int(pad_token_id) if pad_token_id is not None else 0)
-    sequences[:, :cur_len] = input_ids
-    rows = ActiveRows(model, model_kwargs)
-    limits = None
-    if source_length_cap is not None:
-        limits = source_length_limits(source_length_cap, rows.mask, cur_len)
-    if max_active_rows is not None and max_active_rows < batch_size and cur_len == 1:
-        return greedy_search_refilled(rows, sequences, stopping_criteria, limits, max_active_rows)
-    active = torch.arange(batch_size, device=input_ids.device)  # sentence of each row
-    tokens = input_ids  # the whole decoder prompt first, as transformers' prefill step
-    while active.numel():
-        tokens = rows.next_logits(tokens).argmax(dim=-1)  # A
-        sequences[active, cur_len] = tokens
-        cur_len += 1
-        done = stopping_criteria(sequences[active, :cur_len], None)  # A
-        if limits is not None:
-            done |= limits[active] <= cur_len
-        if done.all():
-            break
-        if done.any():
-            open_rows = (~done).nonzero().squeeze(1)
-            rows.keep(open_rows)
-            active, tokens = active[open_rows], tokens[open_rows]
-    return sequences[:, :cur_len]
-
-
-def greedy_search_refilled(waiting, sequences, stopping_criteria, limits, max_active_rows):
-    """Greedy search over many sentences, at most `max_active_rows` at a time, refilled as sentences end.
-
-    Batches of a fixed set run as long as their longest translation, the last steps with a few rows, which
-    cost almost as much as full ones (the output layer's weights are read either way). Refilling keeps the
-    batch full until the last sentences. Each row's computation is that of `greedy_search`; the stopping
-    criteria (EOS, max_length) are applied per row, at each row's own length.
-
-    Args:
-        waiting: `ActiveRows` of every sentence, before its first step (one start token each).
-        sequences: B x M, the start tokens in column 0, padding elsewhere; filled in place.
-    """
     eos = next((criterion.eos_token_id for criterion in stopping_criteria
                 if isinstance(criterion, EosTokenCriteria)), None)
-    max_length, batch_size = stopping_criteria.max_length, sequences.size(0)
-    lengths = torch.ones(batch_size, dtype=torch.long, device=sequences.device)  # tokens in each sequence
-    active = torch.zeros(0, dtype=torch.long, device=sequences.device)  # sentence of each row
-    tokens, rows, next_sentence = sequences[:0, 0], None, 0
+    max_length = stopping_criteria.max_length
+    batch_size, prompt_len = input_ids.shape
+    device = input_ids.device
+    sequences = input_ids.new_full((batch_size, max_length), int(pad_token_id) if pad_token_id is not None else 0)
+    sequences[:, :prompt_len] = input_ids
+    waiting = ActiveRows(model, model_kwargs)  # every sentence, before its first step
+    limits = None
+    if source_length_cap is not None:
+        limits = source_length_limits(source_length_cap, waiting.mask, prompt_len)
+    if max_active_rows is None or prompt_len > 1:  # rows joining later would need their whole prompt first
+        max_active_rows = batch_size
+    lengths = torch.full((batch_size,), prompt_len, device=device)  # tokens in each sequence
+    active = torch.zeros(0, dtype=torch.long, device=device)  # sentence of each row
+    tokens, rows, next_sentence = input_ids[:0], None, 0  # tokens: A x P, the prompt first, as transformers' prefill
     while True:
         free = max_active_rows - active.numel()
         # Refill in groups: joining rows copies the state, so not for every single sentence that ends.
         if next_sentence < batch_size and (free >= max(1, max_active_rows // 8) or not active.numel()):
-            joining = torch.arange(next_sentence, min(batch_size, next_sentence + free), device=sequences.device)
+            joining = torch.arange(next_sentence, min(batch_size, next_sentence + free), device=device)
             next_sentence += joining.numel()
-            new_rows = waiting.take(joining)
+            new_rows = waiting if joining.numel() == batch_size else waiting.take(joining)
             if rows is None:
                 rows = new_rows
             else:
                 rows.extend(new_rows)
-            active, tokens = torch.cat([active, joining]), torch.cat([tokens, sequences[joining, 0]])
+            active, tokens = torch.cat([active, joining]), torch.cat([tokens, input_ids[joining]])
         if not active.numel():
             return sequences[:, :int(lengths.max())]
-        tokens = rows.next_logits(tokens).argmax(dim=-1)  # A
+        tokens = rows.next_logits(tokens).argmax(dim=-1, keepdim=True)  # A x 1
         positions = lengths[active]
-        sequences[active, positions] = tokens
+        sequences[active, positions] = tokens[:, 0]
         lengths[active] = positions + 1
         done = positions + 1 >= max_length
         if eos is not None:
-            done |= torch.isin(tokens, eos.to(tokens.device))
+            done |= torch.isin(tokens[:, 0], eos.to(device))
         if limits is not None:
             done |= limits[active] <= positions + 1
         if done.any():

@@ -610,7 +610,7 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
         `source_length_cap=(a, b)` is read by `generate()`: greedy and beam search then give a source of S
         tokens at most `a * S + b` new tokens (see `lean_decoding.source_length_limits`). `max_active_rows=N` is
         read by greedy `generate()` too: it decodes N sentences at a time, replacing each that ends by the next one
-        (`lean_decoding.greedy_search_refilled`), for a large batch; the results do not change.
+        (`lean_decoding.greedy_search`), for a large batch; the results do not change.
 
         `skip_logits` (default: training with `labels`, as with Liger-Kernel in transformers) returns
         `logits=None` and computes the loss chunk by chunk without the B x T x V logits (`linear_cross_entropy`):

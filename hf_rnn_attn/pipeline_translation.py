@@ -74,7 +74,7 @@ class RNNAttnTranslationPipeline(Pipeline):
         batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
         if self._decodes_greedily(kwargs) and batch_size > 1:
             # A few batches' worth per generate() call, `batch_size` sentences decoding at a time, each that ends
-            # replaced by the next (lean_decoding.greedy_search_refilled): the same translations, no batch waits
+            # replaced by the next (lean_decoding.greedy_search): the same translations, no batch waits
             # for its longest one. Only a few batches: every row attends over the longest source of its call.
             group, results = GREEDY_BATCHES_PER_CALL * batch_size, []
             for start in range(0, len(ordered), group):
