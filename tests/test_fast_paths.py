@@ -5,6 +5,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from hf_rnn_attn import modeling_rnn_attn
+from hf_rnn_attn import attention
 from hf_rnn_attn.attention import AdditiveScoreFunction
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
 from tiny_models import VARIANTS, source_batch, tiny_model
@@ -137,7 +138,10 @@ def test_source_length_cap_needs_plain_search():
                        no_repeat_ngram_size=2, max_new_tokens=3)
 
 
-def test_additive_score_recomputing_tanh_equals_autograd():
+# Workspace sizes (elements) for B=2, S=4, A=5: one block of all steps, blocks of 2 steps, of 1 step, of 1 row.
+@pytest.mark.parametrize("workspace_elements", [1 << 22, 80, 40, 20])
+def test_additive_score_recomputing_tanh_equals_autograd(workspace_elements, monkeypatch):
+    monkeypatch.setattr(attention, "_WORKSPACE_ELEMENTS", workspace_elements)
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(2, 3, 5, generator=generator, requires_grad=True)
     keys = torch.randn(2, 4, 5, generator=generator, requires_grad=True)
