@@ -3,8 +3,9 @@
 Usage:
     .venv/bin/pip install -e ".[bench]"                       # OpenNMT-py 3.0.4 on the pinned torch
     .venv/bin/python scripts/benchmark_peers.py               # 300 steps each, 1,000 test verses, beams 1 and 5
+    .venv/bin/python scripts/benchmark_peers.py --preset lstm-luong           # the other architecture
     .venv/bin/python scripts/benchmark_peers.py --train_steps 20 --decode_sentences 64 --output_dir runs/bench-smoke
-    .venv/bin/python scripts/benchmark_peers.py --skip_onmt   # ours again (after editing HF_TRAIN_ARGS);
+    .venv/bin/python scripts/benchmark_peers.py --skip_onmt   # ours again (after a change to the package);
                                                               # OpenNMT-py's numbers from its last run there
     .venv/bin/python scripts/benchmark_peers.py --reuse       # keep both trained models, time decoding again
     .venv/bin/python scripts/benchmark_peers.py --tokenizer runs/tokenizer    # an existing joint tokenizer
@@ -41,10 +42,9 @@ from hf_rnn_attn import RNNAttnConfig
 from hf_rnn_attn.metrics import load_translation_metric
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 
-# Our side of the comparison; run-specific arguments (steps, seed, paths) are appended by `train_ours`.
-# --encoder_hidden_size 128 matches OpenNMT-py's brnn, which splits hidden_size 256 into two 128 directions.
+# Our side of the comparison; the preset's shape, then run-specific arguments (steps, seed, paths) from `train_ours`.
 HF_TRAIN_ARGS = [
-    "--preset", "bigru-bahdanau", "--embedding_size", "256", "--hidden_size", "256", "--encoder_hidden_size", "128",
+    "--embedding_size", "256", "--hidden_size", "256",
     "--dropout", "0", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
     "--lr_scheduler_type", "constant", "--max_grad_norm", "5", "--eval_strategy", "no", "--save_strategy", "no",
     "--report_to", "none", "--dataloader_num_workers", "0", "--use_cpu", "true",
@@ -53,13 +53,25 @@ HF_TRAIN_ARGS = [
 
 # OpenNMT-py's side, as asked in issue 14; data paths, steps and seed are added by `train_onmt`.
 ONMT_SETTINGS = {
-    "encoder_type": "brnn", "decoder_type": "rnn", "rnn_type": "GRU", "layers": 1, "word_vec_size": 256,
-    "hidden_size": 256, "global_attention": "mlp", "input_feed": 1, "dropout": [0.0], "batch_type": "sents",
+    "decoder_type": "rnn", "word_vec_size": 256, "hidden_size": 256, "dropout": [0.0], "batch_type": "sents",
     "batch_size": 64, "optim": "adam", "learning_rate": 0.001, "max_grad_norm": 5, "param_init": 0.1,
     "world_size": 1, "gpu_ranks": [], "num_workers": 0,
     # src/tgt_seq_length act only through the filtertoolong transform; ours truncates at 128 tokens instead.
     "transforms": ["filtertoolong"], "src_seq_length": 128, "tgt_seq_length": 128,
     "share_vocab": True, "report_every": 1,  # one log line per step gives its exact target tokens and loop end
+}
+# The same architecture in each toolkit's terms. --encoder_hidden_size 128 matches OpenNMT-py's brnn, which
+# splits hidden_size 256 into two 128 directions; its Luong decoder without input feeding is lstm-luong's.
+PRESETS = {
+    "bigru-bahdanau": {
+        "ours": ["--preset", "bigru-bahdanau", "--encoder_hidden_size", "128"],
+        "onmt": {"encoder_type": "brnn", "rnn_type": "GRU", "layers": 1, "global_attention": "mlp", "input_feed": 1},
+    },
+    "lstm-luong": {
+        "ours": ["--preset", "lstm-luong", "--encoder_hidden_size", "256"],
+        "onmt": {"encoder_type": "rnn", "rnn_type": "LSTM", "layers": 2, "global_attention": "general",
+                 "input_feed": 0},
+    },
 }
 ONMT_SPECIALS = 4  # <unk> <blank> <s> </s>, which onmt prepends to the vocabulary file's tokens
 
@@ -71,7 +83,9 @@ GNU_TIME = "/usr/bin/time"
 @dataclass
 class PeerBenchmarkArguments:
     dataset: str = field(default="data/bible-es-en", metadata={"help": "Folder with train/validation/test.jsonl."})
-    output_dir: str = field(default="runs/benchmark_peers", metadata={"help": "Data, models, logs, results.json."})
+    preset: str = field(default="bigru-bahdanau", metadata={"help": f"Architecture: {' or '.join(PRESETS)}."})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "Data, models, logs, results.json (default: runs/benchmark_peers/PRESET)."})
     source_lang: str = "es"
     target_lang: str = "en"
     tokenizer: str | None = field(default=None, metadata={"help": "Joint tokenizer folder (default: train one)."})
@@ -87,6 +101,14 @@ class PeerBenchmarkArguments:
     reuse: bool = field(default=False, metadata={"help": "Keep models already trained in output_dir; decode again."})
     onmt_bucket_size: int | None = field(default=None, metadata={
         "help": "OpenNMT-py's bucket_size (default: its own, 262144 examples, filled before the first step)."})
+
+
+def hf_train_args(preset):
+    return [*PRESETS[preset]["ours"], *HF_TRAIN_ARGS]
+
+
+def onmt_settings(preset):
+    return {**ONMT_SETTINGS, **PRESETS[preset]["onmt"]}
 
 
 # ---------------------------------------------------------------------------------------------------- machine
@@ -208,46 +230,61 @@ def score_translations(hypotheses, references, tokenizer, metric):
 
 # ------------------------------------------------------------------------------------------------------ FLOPs
 
-def gru_macs(input_size, hidden_size):
-    """Multiply-adds of one GRU step: three gates, each W x + U h."""
-    return 3 * (input_size + hidden_size) * hidden_size
+def rnn_macs(cell, input_size, hidden_size):
+    """Multiply-adds of one RNN step: three (GRU) or four (LSTM) gates, each W x + U h."""
+    return {"gru": 3, "lstm": 4}[cell] * (input_size + hidden_size) * hidden_size
+
+
+def stack_macs(cell, layers, directions, input_size, hidden_size):
+    """One step of a stack of RNN layers; layer l > 0 reads the `directions` states of the layer below."""
+    return sum(directions * rnn_macs(cell, input_size if layer == 0 else directions * hidden_size, hidden_size)
+               for layer in range(layers))
 
 
 def training_flops_per_target_token(shape, stats, source_extra, target_extra):
-    """Useful training FLOPs per real target token of a 1-layer BiGRU encoder and input-fed GRU decoder.
+    """Useful training FLOPs per real target token of an encoder-decoder with global attention.
 
     Per pair of S source and T target tokens (`stats` means plus the toolkit's own `*_extra` tokens, e.g. `</s>`):
-    S x (two GRU directions + the attention key projection), T x (decoder GRU on [emb ; fed vector], query
-    projection, output layers) and S x T x (additive score v^T tanh(.) and the context sum); x2 for multiply and
+    S x (encoder stack + the attention key projection), T x (decoder stack on [emb ; fed vector], the query
+    projection of an additive score, output layers) and S x T x (the score and the context sum); x2 for multiply and
     add, x3 for forward + backward. Per-pair terms (the initial decoder state) are left out.
     """
     e, k_dir, h, a = shape["embedding"], shape["encoder_hidden"], shape["hidden"], shape["attention"]
-    k = 2 * k_dir
+    k = shape["directions"] * k_dir
     source, target = stats["source"] + source_extra, stats["target"] + target_extra
     source_x_target = (stats["source_x_target"] + target_extra * stats["source"] + source_extra * stats["target"]
                        + source_extra * target_extra)
-    macs = (source * (2 * gru_macs(e, k_dir) + k * a)
-            + target * (gru_macs(e + shape["feed"], h) + h * a + shape["output_macs"])
-            + source_x_target * (a + k))
+    additive = shape["score"] == "additive"
+    macs = (source * (stack_macs(shape["cell"], shape["encoder_layers"], shape["directions"], e, k_dir)
+                      + k * (a if additive else h))
+            + target * (stack_macs(shape["cell"], shape["decoder_layers"], 1, e + shape["feed"], h)
+                        + (h * a if additive else 0) + shape["output_macs"])
+            + source_x_target * ((a if additive else h) + k))
     return 2 * 3 * macs / target
 
 
-def onmt_shape(vocab_size):
-    """OpenNMT-py's input-fed decoder feeds attn_h = tanh(W_out [c ; h]) (size H) and projects it to the vocabulary."""
-    h, k = ONMT_SETTINGS["hidden_size"], ONMT_SETTINGS["hidden_size"]
-    return {"embedding": ONMT_SETTINGS["word_vec_size"], "encoder_hidden": k // 2, "hidden": h, "attention": h,
-            "feed": h, "output_macs": (k + h) * h + h * vocab_size}
+def onmt_shape(settings, vocab_size):
+    """OpenNMT-py computes attn_h = tanh(W_out [c ; h]) (size H), feeds it when input-feeding, and projects it to
+    the vocabulary."""
+    h, brnn = settings["hidden_size"], settings["encoder_type"] == "brnn"
+    k_dir = h // 2 if brnn else h  # either way the encoder states have size K = H
+    return {"cell": settings["rnn_type"].lower(), "encoder_layers": settings["layers"],
+            "decoder_layers": settings["layers"], "directions": 2 if brnn else 1, "embedding": settings["word_vec_size"],
+            "encoder_hidden": k_dir, "hidden": h, "attention": h,
+            "score": {"mlp": "additive", "general": "general", "dot": "dot"}[settings["global_attention"]],
+            "feed": h if settings["input_feed"] else 0, "output_macs": (h + h) * h + h * vocab_size}
 
 
 def our_shape(config):
     """Ours feeds the context c (size K); the output is W_o [h ; c] ('linear') or W_s tanh(W_c [h ; c]) ('tanh')."""
-    if (config.rnn_cell, config.encoder_layers, config.decoder_layers, config.bidirectional_encoder,
-            config.attention_score, config.input_feeding) != ("gru", 1, 1, True, "additive", True):
-        sys.exit("The FLOP count covers the bigru-bahdanau shape only; HF_TRAIN_ARGS asks for another.")
+    if config.attention_score not in ("additive", "general", "dot"):
+        sys.exit(f"The FLOP count covers additive, general and dot scores, not {config.attention_score!r}.")
     k, h = config.encoder_output_size, config.hidden_size
     w_c = (h + k) * h if config.output_layer == "tanh" else 0
-    return {"embedding": config.embedding_size, "encoder_hidden": config.encoder_hidden_size, "hidden": h,
-            "attention": config.attention_hidden_size, "feed": k,
+    return {"cell": config.rnn_cell, "encoder_layers": config.encoder_layers, "decoder_layers": config.decoder_layers,
+            "directions": 2 if config.bidirectional_encoder else 1, "embedding": config.embedding_size,
+            "encoder_hidden": config.encoder_hidden_size, "hidden": h, "attention": config.attention_hidden_size,
+            "score": config.attention_score, "feed": k if config.input_feeding else 0,
             "output_macs": w_c + config.output_layer_input_size * config.vocab_size}
 
 
@@ -291,7 +328,7 @@ def parse_onmt_training_log(log_path):
 
 def train_onmt(args, data, folder):
     config = {
-        **ONMT_SETTINGS,
+        **onmt_settings(args.preset),
         "data": {"corpus_1": {"path_src": str(data / "train.src.sub"), "path_tgt": str(data / "train.tgt.sub")},
                  "valid": {"path_src": str(data / "valid.src.sub"), "path_tgt": str(data / "valid.tgt.sub")}},
         "src_vocab": str(data / "vocab.txt"),
@@ -328,7 +365,7 @@ def benchmark_onmt(args, data, tokenizer, out):
     model_path = folder / f"model_step_{args.train_steps}.pt"
     train = _reused_training(args, folder, model_path) or train_onmt(args, data, folder)
     vocab_size = len(Path(data / "vocab.txt").read_text(encoding="utf-8").splitlines()) + ONMT_SPECIALS
-    train.update(parameters=onmt_parameters(model_path), shape=onmt_shape(vocab_size), source_extra=0,
+    train.update(parameters=onmt_parameters(model_path), shape=onmt_shape(onmt_settings(args.preset), vocab_size), source_extra=0,
                  target_extra=1)  # onmt's source has no </s>; its loss covers </s>
     return train, {beams: translate_onmt(args, data, folder, model_path, tokenizer, beams)
                    for beams in args.num_beams}
@@ -338,7 +375,7 @@ def benchmark_onmt(args, data, tokenizer, out):
 
 def train_ours(args, tokenizer_folder, folder):
     model_dir = folder / "model"
-    command = [sys.executable, TRAIN_SCRIPT, *HF_TRAIN_ARGS, "--max_steps", args.train_steps, "--seed", args.seed,
+    command = [sys.executable, TRAIN_SCRIPT, *hf_train_args(args.preset), "--max_steps", args.train_steps, "--seed", args.seed,
                "--tokenizer", tokenizer_folder, "--dataset", args.dataset, "--output_dir", model_dir]
     run = run_measured(command, folder / "train.log", {"OMP_NUM_THREADS": str(args.threads)})
     metrics = json.loads((model_dir / "train_results.json").read_text())
@@ -464,7 +501,9 @@ def main(argv=None):
         sys.exit(f"{GNU_TIME} is missing (peak RSS comes from it): apt-get install time")
     if not args.skip_onmt and not (BIN / "onmt_train").is_file():
         sys.exit('OpenNMT-py is not installed next to this Python: pip install -e ".[bench]"')
-    out = Path(args.output_dir).resolve()
+    if args.preset not in PRESETS:
+        sys.exit(f"--preset must be one of {list(PRESETS)}, got {args.preset!r}")
+    out = Path(args.output_dir or f"runs/benchmark_peers/{args.preset}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)  # the subprocesses get OMP_NUM_THREADS
 
@@ -505,7 +544,8 @@ def main(argv=None):
     print(f"\n{table}\n\n" + "\n".join(notes))
     (out / "results.json").write_text(json.dumps(
         {"machine": machine, "matmul_peak_flops": peak_flops, "arguments": vars(args), "data": stats,
-         "hf_train_args": HF_TRAIN_ARGS, "onmt_settings": ONMT_SETTINGS, "table": table, "notes": notes,
+         "hf_train_args": hf_train_args(args.preset),
+         "onmt_settings": onmt_settings(args.preset), "table": table, "notes": notes,
          **results}, indent=2))
     print(f"Wrote {out / 'results.json'}")
 
