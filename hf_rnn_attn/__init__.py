@@ -16,5 +16,14 @@ RNNAttnConfig.register_for_auto_class()
 RNNAttnModel.register_for_auto_class("AutoModel")
 RNNAttnForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
-__all__ = ["PRESETS", "RNNAttnConfig", "RNNAttnModel", "RNNAttnForConditionalGeneration", "RNNAttnPreTrainedModel"]
+__all__ = ["PRESETS", "RNNAttnConfig", "RNNAttnModel", "RNNAttnForConditionalGeneration", "RNNAttnPreTrainedModel",
+           "plot_attention"]
+
+
+def __getattr__(name):
+    """`hf_rnn_attn.plot_attention` imports matplotlib on first use, not with the package."""
+    if name == "plot_attention":
+        from .plotting import plot_attention
+        return plot_attention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __version__ = "0.1.0"

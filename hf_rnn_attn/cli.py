@@ -1,15 +1,19 @@
-"""The `hf-rnn-attn` command: translate text with a saved model, or upload a saved model to the Hub.
+"""The `hf-rnn-attn` command: translate text with a saved model, export it to ONNX, or upload it to the Hub.
 
 Usage:
     hf-rnn-attn translate --model outputs/es-en < source.txt > translations.txt
     hf-rnn-attn translate --model outputs/es-en --input source.txt --output translations.txt \
         --batch_size 64 --num_beams 5 --max_new_tokens 128 --max_source_length 128
+    hf-rnn-attn translate --model outputs/es-en --input source.txt --attention_dir heatmaps --alignments source.align
+    hf-rnn-attn export --model outputs/es-en --output outputs/es-en-onnx [--int8]
+    hf-rnn-attn translate --backend onnx [--int8] --model outputs/es-en-onnx < source.txt > translations.txt
     hf-rnn-attn push --folder outputs/es-en --repo_id user/rnn-attn-es-en --dry_run
     hf-rnn-attn push --folder outputs/es-en --repo_id user/rnn-attn-es-en [--private]
 
 `translate` writes exactly one line per input line (an empty line for an empty one); `--output` is replaced
 only once every translation is written. Errors print one line to stderr and exit with status 2 (bad model folder,
-unreadable input, bad arguments) or 1 (a failed upload).
+unreadable input, bad arguments) or 1 (a failed upload). A line longer than the model reads, or heatmaps that
+cannot be written, are reported the same way after the other lines are translated and written.
 """
 
 import argparse
@@ -20,11 +24,15 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
+from .alignment import NoAttentionError
 from .hub import HubUploadError, check_model_folder, push_to_hub
 from .pipeline_translation import translation_pipeline
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+BACKENDS = ("torch", "onnx")
+# What the onnx backend does not do: it records no attention and runs on onnxruntime's CPU provider.
+TORCH_ONLY_OPTIONS = ("device", "attention_dir", "alignments", "source_length_cap")
 
 
 class CommandError(Exception):
@@ -41,7 +49,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser():
     parser = OneLineErrorParser(prog="hf-rnn-attn", description=__doc__.split("\n\n")[0])
-    subcommands = parser.add_subparsers(dest="command", required=True, metavar="{translate,push}")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="{translate,export,push}")
 
     translate = subcommands.add_parser("translate", help="Translate lines of text with a saved model.")
     translate.add_argument("--model", required=True, help="Folder of a saved model (config.json, weights, tokenizer).")
@@ -60,7 +68,23 @@ def build_parser():
                            help="Truncate sources to this many tokens (default: no truncation).")
     translate.add_argument("--device", type=_device, default=None,
                            help='Torch device, e.g. "cpu" or "cuda:0" (default: GPU if any).')
+    translate.add_argument("--attention_dir", help="Folder (created if missing) for an attention heatmap of each line, "
+                                                   "N.png for line N. Decoding records attention: slower.")
+    translate.add_argument("--alignments", help="File to write one Pharaoh word alignment per line: `i-j` pairs, source "
+                                                "word i to translation word j, counted from 0.")
+    translate.add_argument("--backend", choices=BACKENDS, default="torch",
+                           help="torch: the PyTorch model (default); onnx: the graphs of `hf-rnn-attn export` in "
+                                "--model, on onnxruntime.")
+    translate.add_argument("--int8", action="store_true",
+                           help="Run in int8: torch.ao dynamic quantisation of the PyTorch model, or the int8 graphs "
+                                "of `hf-rnn-attn export --int8`.")
     translate.set_defaults(run=run_translate)
+
+    export = subcommands.add_parser("export", help="Export a saved model to ONNX graphs for --backend onnx.")
+    export.add_argument("--model", required=True, help="Folder of a saved model (config.json, weights, tokenizer).")
+    export.add_argument("--output", required=True, help="Folder to write the graphs, config and tokenizer to.")
+    export.add_argument("--int8", action="store_true", help="Also write dynamically quantised int8 graphs.")
+    export.set_defaults(run=run_export)
 
     push = subcommands.add_parser("push", help="Upload a folder written by save_for_hub to the Hugging Face Hub.")
     push.add_argument("--folder", required=True, help="Folder written by hf_rnn_attn.hub.save_for_hub.")
@@ -106,26 +130,42 @@ def _fail(command, error, status):
 # -------------------------------------------------------------------------------------------------- translate
 
 def run_translate(args):
+    unsupported = [f"--{name}" for name in TORCH_ONLY_OPTIONS if getattr(args, name) is not None]
+    if args.backend == "onnx" and unsupported:
+        raise CommandError(f"{', '.join(unsupported)} work only with --backend torch.")
     try:
-        check_model_folder(args.model)
+        if args.backend == "torch":
+            check_model_folder(args.model)
     except (OSError, ValueError) as error:
         raise CommandError(error) from error
     lines = _read_lines(args.input)
-    if args.output is not None and not Path(args.output).resolve().parent.is_dir():
-        raise CommandError(f"cannot write --output {args.output}: its folder does not exist.")
+    for option in ("output", "alignments"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise CommandError(f"cannot write --{option} {path}: its folder does not exist.")
+    with_attention = args.attention_dir is not None or args.alignments is not None
+    if with_attention and args.source_length_cap is not None:
+        raise CommandError("--source_length_cap works only without --attention_dir and --alignments.")
     translator = _load_translator(args)
     generate_kwargs = {name: getattr(args, name) for name in ("num_beams", "max_new_tokens", "max_source_length",
                                                               "source_length_cap")
                        if getattr(args, name) is not None}
     if args.max_source_length is not None:
         generate_kwargs["truncation"] = True
+    problems = []  # reported after the translations are written: one bad line does not cost the others
+    sources = _blank_too_long_lines(translator, lines, args.max_source_length, problems)
     try:
-        translations = translate_lines(translator, lines, batch_size=args.batch_size, **generate_kwargs)
-    except ValueError as error:  # e.g. a source longer than the location score reads
-        limit = translator.model.config.max_source_positions
-        hint = f" Pass --max_source_length {limit} to truncate longer sources." if limit else ""
-        raise CommandError(f"cannot translate: {error}{hint}") from error
-    text = "".join(f"{translation}\n" for translation in translations)
+        try:
+            records = translate_lines(translator, sources, batch_size=args.batch_size, return_attention=with_attention,
+                                      **generate_kwargs)
+        except NoAttentionError as error:
+            problems.append(f"{error} No heatmaps or alignments are written.")
+            with_attention = False
+            records = translate_lines(translator, sources, batch_size=args.batch_size, **generate_kwargs)
+    except ValueError as error:
+        raise CommandError(f"cannot translate: {error}") from error
+    # A translation that contains a line break would shift every later line.
+    text = "".join(f"{' '.join(record['translation_text'].splitlines())}\n" for record in records)
     if args.output is None:
         sys.stdout.buffer.write(text.encode("utf-8"))
         sys.stdout.flush()
@@ -134,7 +174,52 @@ def run_translate(args):
             _write_atomically(Path(args.output), text.encode("utf-8"))
         except OSError as error:
             raise CommandError(f"cannot write --output {args.output}: {error.strerror or error}.") from error
-    return 0
+    if with_attention:
+        _write_attention(args, lines, records, problems)
+    for problem in problems:
+        _fail(args.command, problem, EXIT_USAGE)
+    return EXIT_USAGE if problems else 0
+
+
+def _blank_too_long_lines(translator, lines, max_source_length, problems):
+    """`lines` with those longer than the location score reads made blank (so left untranslated), unless
+    --max_source_length truncates them."""
+    config = translator.model.config if hasattr(translator, "model") else translator.config  # ONNXTranslator
+    if config.attention_score != "location" or max_source_length is not None:
+        return lines
+    limit = config.max_source_positions
+    lengths = [len(ids) for ids in translator.tokenizer(lines)["input_ids"]] if lines else []
+    too_long = [number for number, length in enumerate(lengths, 1) if length > limit]
+    if too_long:
+        problems.append(f"line {', '.join(map(str, too_long))} exceeds max_source_positions={limit} tokens of the "
+                        f"location score and is left untranslated. Pass --max_source_length {limit} to truncate "
+                        f"longer sources.")
+    return ["" if length > limit else line for line, length in zip(lines, lengths)]
+
+
+def _write_attention(args, lines, records, problems):
+    """The --alignments file (one line per input line) and a heatmap per translated line in --attention_dir."""
+    for number, (line, record) in enumerate(zip(lines, records), 1):
+        if not line.strip():
+            print(f"hf-rnn-attn translate: line {number} is empty: no heatmap or alignment for it.", file=sys.stderr)
+    if args.alignments is not None:
+        try:
+            _write_atomically(Path(args.alignments), "".join(f"{r['alignment']}\n" for r in records).encode("utf-8"))
+        except OSError as error:
+            problems.append(f"cannot write --alignments {args.alignments}: {error.strerror or error}.")
+    if args.attention_dir is None:
+        return
+    from .plotting import plot_attention  # matplotlib only when heatmaps are asked for
+
+    folder, digits = Path(args.attention_dir), len(str(len(lines)))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for number, record in enumerate(records, 1):
+            if record["target_tokens"]:
+                figure = plot_attention(record["source_tokens"], record["target_tokens"], record["attention"])
+                figure.savefig(folder / f"{number:0{digits}d}.png")
+    except OSError as error:
+        problems.append(f"cannot write heatmaps to --attention_dir {folder}: {error.strerror or error}.")
 
 
 def _write_atomically(path, data):
@@ -167,21 +252,42 @@ def _read_lines(path):
 
 def _load_translator(args):
     transformers_logging.disable_progress_bar()
+    if args.int8 and args.device not in (None, "cpu"):
+        raise CommandError("--int8 runs on the CPU; leave out --device or pass --device cpu.")
     try:
-        return translation_pipeline(args.model, device=args.device)
+        if args.backend == "onnx":
+            from .onnx import ONNXTranslator  # onnxruntime only when asked for
+
+            return ONNXTranslator(args.model, int8=args.int8)
+        translator = translation_pipeline(args.model, device="cpu" if args.int8 else args.device)
     except (OSError, ValueError, KeyError) as error:
         raise CommandError(f"cannot load a model from {args.model}: {error}") from error
+    if args.int8:
+        from .quantization import quantize_int8
+
+        translator.model = quantize_int8(translator.model)
+    return translator
 
 
-def translate_lines(translator, lines, batch_size=32, **generate_kwargs):
-    """One translation per line, in order; blank lines stay blank and never reach the model."""
-    sources = [(index, line) for index, line in enumerate(lines) if line.strip()]
-    outputs = translator([line for _, line in sources], batch_size=batch_size, **generate_kwargs) if sources else []
-    translations = [""] * len(lines)
-    for (index, _), records in zip(sources, outputs):
-        # A translation that contains a line break would shift every later line.
-        translations[index] = " ".join(records[0]["translation_text"].splitlines())
-    return translations
+def translate_lines(translator, lines, batch_size=32, **call_kwargs):
+    """The pipeline's record of each line (its first returned sequence), in order; blank lines get a blank record
+    and never reach the model."""
+    return [records[0] for records in translator(list(lines), batch_size=batch_size, **call_kwargs)] if lines else []
+
+
+# ----------------------------------------------------------------------------------------------------- export
+
+def run_export(args):
+    from .onnx_export import export_onnx  # torch.onnx, onnx and onnxruntime only when asked for
+
+    transformers_logging.disable_progress_bar()
+    try:
+        written = export_onnx(args.model, args.output, int8=args.int8)
+    except (OSError, ValueError) as error:
+        raise CommandError(error) from error
+    print(f"Wrote {', '.join(path.name for path in written)} and the config and tokenizer to {args.output}.",
+          file=sys.stderr)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------- push

@@ -18,19 +18,19 @@ import logging
 import re
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCardData
+from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForSeq2SeqLM
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_rnn_attn import PRESETS, RNNAttnConfig
+from .configuration_rnn_attn import RNNAttnConfig
+from .model_card import render_model_card
 from .pipeline_translation import RNNAttnTranslationPipeline
 
 logger = logging.getLogger(__name__)
 
-MODEL_CARDS_DIR = Path(__file__).parent / "model_cards"
 # An upload sends these files, the weight shards and the code files config.json names, nothing else: a model
 # folder may also hold checkpoints, optimizer states, `training_args.bin` (which can hold a Hub token), `.env`
 # files or links to anywhere on disk.
@@ -39,20 +39,6 @@ HUB_FILES = ("README.md", "config.json", "generation_config.json", "model.safete
              "added_tokens.json")
 _WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 TRAINING_RUN_MARKERS = ("trainer_state.json", "training_args.bin", "optimizer.pt")
-NOT_MEASURED = "not measured"
-NOT_RECORDED = "Not recorded."
-# Metrics that go into the card's `model-index`: key in `metrics` -> (Hub metric type, display name).
-INDEXED_METRICS = {"bleu": ("bleu", "BLEU"), "chrf": ("chrf", "chrF")}
-SCORE_EQUATIONS = {
-    "additive": r"v^\top \tanh(W_1 h_t + W_2 h_i)",
-    "dot": r"h_t^\top h_i",
-    "general": r"h_t^\top W h_i",
-    "location": r"(W_a h_t)_i",
-}
-CONFIG_TABLE_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "encoder_hidden_size", "rnn_cell",
-                       "encoder_layers", "decoder_layers", "bidirectional_encoder", "attention_score", "input_feeding",
-                       "decoder_state_init", "output_layer", "dropout", "tie_word_embeddings")
-_PLACEHOLDER = re.compile(r"\{\{\s*(>\s*)?([\w.-]+)\s*\}\}")
 _MISSING = object()
 
 
@@ -69,7 +55,7 @@ def save_for_hub(model, tokenizer, output_dir, metrics=None, dataset_info=None, 
     Writes `config.json` (with `auto_map`, `custom_pipelines` and, when given or already on the config, `src_lang`
     and `tgt_lang`), `generation_config.json`, `model.safetensors`, the tokenizer files, the model code
     (`configuration_rnn_attn.py`, `modeling_rnn_attn.py` and the sibling files they import), the pipeline code
-    (`pipeline_translation.py`) and a `README.md` model card rendered from the template of the model's preset.
+    (`pipeline_translation.py`) and a `README.md` model card (`model_card.render_model_card`).
     The model object itself is left unchanged.
 
     Args:
@@ -145,201 +131,6 @@ def _register_translation_pipeline():
     if getattr(RNNAttnTranslationPipeline, "_registered_impl", None) is None:
         PIPELINE_REGISTRY.register_pipeline("translation", pipeline_class=RNNAttnTranslationPipeline,
                                             pt_model=AutoModelForSeq2SeqLM, type="text")
-
-
-# ----------------------------------------------------------------------------------------------- model card
-
-def render_model_card(model, metrics=None, dataset_info=None, training_info=None, repo_id="path/to/model"):
-    """The `README.md` text for `model`: Hub YAML front matter, then the template of the closest preset.
-
-    `src_lang` / `tgt_lang` are read from `model.config`. See `save_for_hub` for the arguments.
-    """
-    config = model.config
-    src_lang, tgt_lang = getattr(config, "src_lang", None), getattr(config, "tgt_lang", None)
-    preset, deviations = closest_preset(config)
-    scores, extra_numbers, signatures = _split_metrics(metrics)
-    dataset_info = dict(dataset_info or {})
-    model_name = repo_id.rstrip("/").split("/")[-1] or f"rnn-attn-{preset}"
-    values = {
-        "front_matter": _front_matter(config, preset, model_name, scores, dataset_info, src_lang, tgt_lang),
-        "model_name": model_name,
-        "direction": (f"from `{src_lang}` to `{tgt_lang}`" if src_lang and tgt_lang else
-                      "in the one direction it was trained for (source and target language not recorded)"),
-        "deviations": _deviations_text(preset, deviations),
-        "initial_state": _initial_state_equation(config),
-        "score_equation": SCORE_EQUATIONS[config.attention_score],
-        "attention_score": config.attention_score,
-        "encoder_layers": str(config.encoder_layers),
-        "decoder_layers": str(config.decoder_layers),
-        "config_table": _config_table(model),
-        "vocab_size": str(config.vocab_size),
-        "results_table": _results_text(scores, extra_numbers, signatures, dataset_info),
-        "training_data": _facts_text(dataset_info, _dataset_lines(dataset_info),
-                                     handled=("name", "id", "config", "url", "split")),
-        "training_budget": _facts_text(training_info, []),
-        "repo_id": repo_id,
-    }
-    return _fill(_read_template(f"{preset}.md"), values)
-
-
-def closest_preset(config):
-    """The preset whose fields `config` matches most (first in `PRESETS` on a tie), and the fields that differ.
-
-    Returns `(name, {field: (checkpoint value, preset value)})`.
-    """
-    def differences(name):
-        return {field: (getattr(config, field), value) for field, value in PRESETS[name].items()
-                if getattr(config, field) != value}
-
-    name = min(PRESETS, key=lambda candidate: len(differences(candidate)))
-    return name, differences(name)
-
-
-def _read_template(name):
-    path = MODEL_CARDS_DIR / name
-    if not path.is_file():
-        raise FileNotFoundError(f"Model card template {path} is missing; the templates ship in hf_rnn_attn/model_cards/.")
-    return path.read_text(encoding="utf-8")
-
-
-def _fill(template, values):
-    """Replaces `{{ name }}` with `values[name]` and `{{> file.md }}` with that template, filled the same way."""
-    def replace(match):
-        is_partial, name = match.group(1), match.group(2)
-        if is_partial:
-            return _fill(_read_template(name), values)
-        if name not in values:
-            raise KeyError(f"Model card template slot {{{{ {name} }}}} has no value; known slots: {sorted(values)}.")
-        return values[name]
-
-    return _PLACEHOLDER.sub(replace, template)
-
-
-def _split_metrics(metrics):
-    """Scores for the model-index (`{"bleu": 21.3}`), other numbers, and `*_signature` strings."""
-    scores, extra_numbers, signatures = {}, {}, {}
-    for key, value in (metrics or {}).items():
-        name = re.sub(r"^(eval|test|predict)_", "", str(key)).lower()
-        if name in INDEXED_METRICS:
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"Metric {key!r} must be a number, got {value!r}.")
-            scores[name] = value
-        elif name.endswith("_signature") and isinstance(value, str):
-            signatures[name.removesuffix("_signature")] = value
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            extra_numbers[name] = value
-    return scores, extra_numbers, signatures
-
-
-def _front_matter(config, preset, model_name, scores, dataset_info, src_lang, tgt_lang):
-    # The Hub reads `datasets` and the model-index dataset `type` as Hub dataset ids: a free-form name goes
-    # only into the human-readable `name`.
-    dataset_id = dataset_info.get("id")
-    dataset_name = dataset_info.get("name") or dataset_id
-    pair = f"{src_lang}-{tgt_lang}" if src_lang and tgt_lang else None
-    eval_results = [
-        EvalResult(task_type="translation", task_name=f"Translation {pair}" if pair else "Translation",
-                   dataset_type=dataset_id or "custom", dataset_name=dataset_name or "unspecified",
-                   dataset_config=dataset_info.get("config"), dataset_split=dataset_info.get("split", "test"),
-                   metric_type=metric_type, metric_name=display_name, metric_value=scores[key])
-        for key, (metric_type, display_name) in INDEXED_METRICS.items() if key in scores
-    ]
-    languages = list(dict.fromkeys(lang for lang in (src_lang, tgt_lang) if lang))
-    card_data = ModelCardData(
-        language=languages or None,
-        license="apache-2.0",
-        library_name="transformers",
-        tags=["translation", "seq2seq", "rnn", "attention", config.rnn_cell, preset, "custom_code"],
-        datasets=[dataset_id] if dataset_id else None,
-        metrics=[INDEXED_METRICS[key][0] for key in INDEXED_METRICS if key in scores] or None,
-        pipeline_tag="translation",
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results or None,
-    )
-    return card_data.to_yaml()
-
-
-def _deviations_text(preset, deviations):
-    if not deviations:
-        return f"The checkpoint uses the `{preset}` preset as published."
-    changes = ", ".join(f"`{field}={value!r}` (preset: `{preset_value!r}`)"
-                        for field, (value, preset_value) in deviations.items())
-    return (f"**This checkpoint departs from the `{preset}` preset:** {changes}. The equations below describe the "
-            f"preset; the score and the initial state are this checkpoint's, and `config.json` has every field.")
-
-
-def _initial_state_equation(config):
-    """The decoder's start state `s_0` (and LSTM cell `m_0`) as configured, LaTeX."""
-    layer = "^{(l)}" if config.decoder_layers > 1 else ""
-    lstm = config.rnn_cell == "lstm"
-    lhs = f"(s_0{layer}, m_0{layer})" if lstm else f"s_0{layer}"
-    if config.decoder_state_init == "zeros":
-        return f"{lhs} = 0"
-    if config.decoder_state_init == "backward":
-        sources = [r"\overleftarrow{h}_1", r"\overleftarrow{m}_1"]
-    else:
-        enc_layer = "^{(l)}" if config.encoder_layers > 1 else ""
-        if config.bidirectional_encoder:
-            sources = [rf"[\overrightarrow{{{v}}}_S{enc_layer} ; \overleftarrow{{{v}}}_1{enc_layer}]" for v in "hm"]
-        else:
-            sources = [f"{v}_S{enc_layer}" for v in "hm"]
-    if config.uses_bridge:
-        sources = [rf"\tanh(W_s {source} + b_s)" for source in sources]
-    rhs = f"({sources[0]}, {sources[1]})" if lstm else sources[0]
-    return f"{lhs} = {rhs}"
-
-
-def _config_table(model):
-    config = model.config
-    rows = [f"| `{field}` | `{getattr(config, field)}` |" for field in CONFIG_TABLE_FIELDS]
-    parameters = sum(parameter.numel() for parameter in model.parameters())
-    return "\n".join(["| Configuration | Value |", "|---|---|", *rows, f"| parameters | {parameters:,} |"])
-
-
-def _results_text(scores, extra_numbers, signatures, dataset_info):
-    data = dataset_info.get("name") or dataset_info.get("id")
-    split = dataset_info.get("split", "test")
-    rows = [f"| {display_name} | {_format_number(scores[key]) if key in scores else NOT_MEASURED} |"
-            for key, (_, display_name) in INDEXED_METRICS.items()]
-    rows += [f"| {name} | {_format_number(value)} |" for name, value in extra_numbers.items()]
-    intro = (f"Corpus-level scores on the {split} split of {data}." if scores and data else
-             "Corpus-level scores on held-out data (the data set was not recorded)." if scores else
-             "This checkpoint has not been evaluated; no score is reported.")
-    lines = [intro, "", "| Metric | Value |", "|---|---|", *rows]
-    if signatures:
-        lines += ["", "sacreBLEU signatures:", ""]
-        lines += [f"- {name}: `{signature}`" for name, signature in signatures.items()]
-    return "\n".join(lines)
-
-
-def _format_number(value):
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
-
-
-def _dataset_lines(dataset_info):
-    lines = []
-    name, dataset_id = dataset_info.get("name"), dataset_info.get("id")
-    if dataset_id:
-        lines.append(f"- Data set: {name or dataset_id} ([`{dataset_id}`](https://huggingface.co/datasets/{dataset_id}))")
-    elif name:
-        lines.append(f"- Data set: {name}")
-    for key, label in (("config", "Configuration"), ("url", "Source"), ("split", "Evaluation split")):
-        if dataset_info.get(key):
-            lines.append(f"- {label}: {dataset_info[key]}")
-    return lines
-
-
-def _facts_text(info, lines, handled=()):
-    """`lines`, then the other keys of `info` as bullets, then its `description`; "Not recorded." if empty."""
-    info = dict(info or {})
-    handled = {*handled, "description"}
-    lines = lines + [f"- {str(key).replace('_', ' ').capitalize()}: {value}"
-                     for key, value in info.items() if key not in handled and value is not None]
-    if info.get("description"):
-        lines = lines + ["", str(info["description"])]
-    return "\n".join(lines) if lines else NOT_RECORDED
 
 
 # --------------------------------------------------------------------------------------------------- upload

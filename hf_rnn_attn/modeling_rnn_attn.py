@@ -1,13 +1,14 @@
 """RNN encoder-decoder with attention, as a Hugging Face seq2seq model.
 
-Reads top to bottom: input checks -> encoder -> decoder (start state, one unroll for training and
-generation) -> pretrained base -> model -> model with the language-model head.
+Reads top to bottom: input checks -> recurrent networks (one state format for GRU and LSTM) -> encoder ->
+decoder (its state, the plain step, the fused unroll for teacher forcing) -> pretrained base -> model -> model
+with the language-model head. The README's design notes list where each equation of the two architectures is.
 
 Shapes: B batch, S source length, T target length, E embedding size, H decoder hidden size,
 K encoder output size (2 x encoder hidden size when bidirectional), L layers, V vocabulary size.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 
 import torch
@@ -21,7 +22,6 @@ from transformers.utils import ModelOutput, logging
 
 from .attention import SCORES, attend
 from .configuration_rnn_attn import RNNAttnConfig
-from .decoder_state import RNNAttnState
 from .lean_decoding import beam_search, greedy_search, lean_decoding_applies
 from .linear_cross_entropy import linear_cross_entropy
 
@@ -119,32 +119,26 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-# --------------------------------------------------------------------------------------------------- encoder
-
-@dataclass
-class RNNAttnEncoderOutput(ModelOutput):
-    """Encoder outputs, all batch-first so that generate() expands them for beams.
-
-    Attributes:
-        last_hidden_state: B x S x K, the top layer's states `h_i` (zeros on padding).
-        final_hidden_state: B x (L * directions) x He, each layer and direction's final hidden state, in
-            `nn.GRU` order (layer 0 forward, layer 0 backward, layer 1 forward, ...).
-        final_cell_state: same shape, for an LSTM encoder; else None.
-        hidden_states: when `output_hidden_states`, the embeddings (B x S x E) then each layer's states
-            (B x S x K, zeros on padding); the last is `last_hidden_state`.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    final_hidden_state: torch.FloatTensor | None = None
-    final_cell_state: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-
+# ---------------------------------------------------------------------------------------- recurrent networks
+#
+# A recurrent state is a tuple, `(h,)` for a GRU and `(h, c)` for an LSTM, each batch-first (B x layers x H), as
+# OpenNMT-py wraps a GRU's state: code that carries it never asks which cell it has. `run_rnn` is the only place
+# that knows `nn.GRU` takes a bare tensor and that both modules want (layers, B, H).
 
 def build_rnn(config, input_size, hidden_size, num_layers, bidirectional=False):
     rnn_class = nn.GRU if config.rnn_cell == "gru" else nn.LSTM
     return rnn_class(input_size, hidden_size, num_layers=num_layers, batch_first=True,
                      dropout=config.dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
+
+
+def hidden_and_cell(state):
+    """`(h, c)` of a recurrent state, `c` None for a GRU: how the encoder output and `RNNAttnState` name them."""
+    return state if len(state) == 2 else (state[0], None)
+
+
+def state_tuple(hidden, cell):
+    """The recurrent state `(h,)` or `(h, c)` from its named parts; the inverse of `hidden_and_cell`."""
+    return (hidden,) if cell is None else (hidden, cell)
 
 
 @cache
@@ -163,16 +157,20 @@ def cpu_autocast_supports(rnn_class, dtype):
 
 
 def run_rnn(rnn, inputs, state=None):
-    """`rnn(inputs, state)`; in fp32 where CPU autocast asks for a precision this CPU's RNN kernel lacks."""
+    """`rnn(inputs, state)` with recurrent states as tuples (see above), initial (or None for zeros) and final;
+    in fp32 where CPU autocast asks for a precision this CPU's RNN kernel lacks."""
     dtype = torch.get_autocast_dtype("cpu")
     if (torch.is_autocast_enabled("cpu") and rnn.weight_hh_l0.device.type == "cpu"
             and not cpu_autocast_supports(type(rnn), dtype)):
         logger.warning_once(f"This CPU has no {dtype} kernel for {type(rnn).__name__}; it runs in float32.")
         with torch.autocast("cpu", enabled=False):
-            if state is not None:
-                state = tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()
-            return rnn(inputs.float(), state)
-    return rnn(inputs, state)
+            return run_rnn(rnn, inputs.float(), None if state is None else tuple(s.float() for s in state))
+    if state is not None:
+        state = tuple(s.transpose(0, 1).contiguous() for s in state)  # layers x B x H
+        state = state[0] if isinstance(rnn, nn.GRU) else state
+    outputs, final = rnn(inputs, state)
+    final = final if isinstance(final, tuple) else (final,)
+    return outputs, tuple(s.transpose(0, 1) for s in final)  # B x layers x H
 
 
 def run_rnn_layers(rnn, inputs, state=None):
@@ -183,9 +181,9 @@ def run_rnn_layers(rnn, inputs, state=None):
     Args:
         rnn: a batch-first `nn.GRU` or `nn.LSTM`.
         inputs: B x T x I, or a `PackedSequence` of them.
-        state: the initial state as `rnn` takes it ((L * directions) x B x H, a pair of them for an LSTM), or None.
+        state: the initial state as `run_rnn` takes it, or None.
     Returns:
-        (top layer outputs, final state) as `rnn` returns them, and the outputs of each layer below the top.
+        (top layer outputs, final state) as `run_rnn` returns them, and the outputs of each layer below the top.
     """
     directions = 2 if rnn.bidirectional else 1
     lower_layers, finals = [], []
@@ -201,16 +199,45 @@ def run_rnn_layers(rnn, inputs, state=None):
                               batch_first=rnn.batch_first, bidirectional=rnn.bidirectional, device="meta")
         for name, _ in list(one_layer.named_parameters()):  # share layer `layer`'s parameters
             setattr(one_layer, name, getattr(rnn, name.replace("_l0", f"_l{layer}")))
-        layer_state = None
-        if state is not None:
-            rows = slice(layer * directions, (layer + 1) * directions)
-            layer_state = tuple(s[rows] for s in state) if isinstance(state, tuple) else state[rows]
+        rows = slice(layer * directions, (layer + 1) * directions)
+        layer_state = None if state is None else tuple(s[:, rows] for s in state)
         # cuDNN would move the shared parameters into a weight buffer of `one_layer`, out of `rnn`'s own.
         with torch.backends.cudnn.flags(enabled=False):
             inputs, final = run_rnn(one_layer, inputs, layer_state)
         finals.append(final)
-    final = tuple(map(torch.cat, zip(*finals))) if isinstance(finals[0], tuple) else torch.cat(finals)
-    return inputs, final, lower_layers
+    return inputs, tuple(torch.cat(parts, dim=1) for parts in zip(*finals)), lower_layers
+
+
+# --------------------------------------------------------------------------------------------------- encoder
+
+@dataclass
+class RNNAttnEncoderOutput(ModelOutput):
+    """Encoder outputs, all batch-first so that generate() expands them for beams.
+
+    An RNN encoder has no attention, so unlike transformers' encoder outputs there is no `attentions` field.
+
+    Attributes:
+        last_hidden_state: B x S x K, the top layer's states `h_i` (zeros on padding).
+        final_hidden_state: B x (L * directions) x He, each layer and direction's final hidden state, in
+            `nn.GRU` order (layer 0 forward, layer 0 backward, layer 1 forward, ...).
+        final_cell_state: same shape, for an LSTM encoder; else None.
+        hidden_states: when `output_hidden_states`, the embeddings (B x S x E) then each layer's states
+            (B x S x K, zeros on padding); the last is `last_hidden_state`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    final_hidden_state: torch.FloatTensor | None = None
+    final_cell_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+    @classmethod
+    def from_tuple(cls, outputs):
+        """The output back from `to_tuple()`, which drops None fields: a GRU encoder's tuple has no cell state, so
+        the fields are told apart by type (the states are tensors, `hidden_states` a tuple), not by position."""
+        tensors = [output for output in outputs if isinstance(output, torch.Tensor)]
+        hidden_states = next((output for output in outputs if isinstance(output, (tuple, list))), None)
+        return cls(**dict(zip(("last_hidden_state", "final_hidden_state", "final_cell_state"), tensors)),
+                   hidden_states=hidden_states)
 
 
 class RNNAttnEncoder(nn.Module):
@@ -256,34 +283,81 @@ class RNNAttnEncoder(nn.Module):
             lower_layers = [pad_packed_sequence(layer, batch_first=True, total_length=embedded.size(1))[0]
                             for layer in packed_lower_layers]  # B x S x K each
             hidden_states = (embedded, *lower_layers, states)
-        final_hidden, final_cell = final if isinstance(final, tuple) else (final, None)
-        output = RNNAttnEncoderOutput(
-            last_hidden_state=states,
-            final_hidden_state=final_hidden.transpose(0, 1),  # B x (L * directions) x He
-            final_cell_state=None if final_cell is None else final_cell.transpose(0, 1),
-            hidden_states=hidden_states,
-        )
+        final_hidden, final_cell = hidden_and_cell(final)  # B x (L * directions) x He each
+        output = RNNAttnEncoderOutput(last_hidden_state=states, final_hidden_state=final_hidden,
+                                      final_cell_state=final_cell, hidden_states=hidden_states)
         return output if return_dict else output.to_tuple()
 
 
 # --------------------------------------------------------------------------------------------------- decoder
 
+@dataclass
+class RNNAttnState:
+    """The decoder state after `seen_tokens` target tokens, carried between steps as `past_key_values`.
+
+    Batch-first, so that generate() reorders it along dim 0 in beam search (`reorder_cache`); `run_rnn` alone
+    transposes it for `nn.GRU`/`nn.LSTM`.
+
+    Attributes:
+        hidden: B x L x H, the decoder RNN's hidden state per layer.
+        cell: B x L x H for an LSTM, else None.
+        context: B x K, the previous attention context `c_{t-1}` when the decoder uses input feeding, else None.
+        projected_keys: the score's projection of the encoder states (e.g. `W2 h_i`, B x S x A), computed
+            once per source sentence.
+        seen_tokens: number of target tokens consumed so far.
+    """
+
+    hidden: torch.Tensor
+    cell: torch.Tensor | None
+    context: torch.Tensor | None
+    projected_keys: torch.Tensor
+    seen_tokens: int = 0
+
+    # Read by generate(): this state can be neither compiled as a static cache nor cropped.
+    is_compileable = False
+    is_croppable = False
+
+    @classmethod
+    def from_rnn(cls, rnn_state, context, projected_keys, seen_tokens=0):
+        """The state holding `rnn_state`, the decoder RNN's `(h,)` or `(h, c)` (B x L x H each)."""
+        hidden, cell = hidden_and_cell(rnn_state)
+        return cls(hidden=hidden, cell=cell, context=context, projected_keys=projected_keys, seen_tokens=seen_tokens)
+
+    def rnn_state(self):
+        """The decoder RNN's state, `(h,)` or `(h, c)`, as `run_rnn` takes it."""
+        return state_tuple(self.hidden, self.cell)
+
+    def tensors(self):
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def reorder_cache(self, beam_idx):
+        """Keeps, in place, the rows of the beams that survived (generate() ignores a return value)."""
+        for name, tensor in self.tensors().items():
+            setattr(self, name, tensor.index_select(0, beam_idx.to(tensor.device)))
+
+    def get_seq_length(self, layer_idx=0):
+        return self.seen_tokens
+
+
 def gru_cell(input_gates, hidden, weight_hh, bias_hh):
-    """One `nn.GRU` step with the input side `W_i x + b_i` (3H) already computed."""
+    """One `nn.GRU` step with the input side `W_i x + b_i` (3H) already computed; returns the state `(h,)`."""
     i_r, i_z, i_n = input_gates.chunk(3, dim=-1)
     h_r, h_z, h_n = F.linear(hidden, weight_hh, bias_hh).chunk(3, dim=-1)
     reset = torch.sigmoid(i_r + h_r)
     update = torch.sigmoid(i_z + h_z)
     candidate = torch.tanh(i_n + reset * h_n)
-    return (1 - update) * candidate + update * hidden
+    return ((1 - update) * candidate + update * hidden,)
 
 
 def lstm_cell(input_gates, hidden, cell, weight_hh, bias_hh):
-    """One `nn.LSTM` step with the input side `W_i x + b_i` (4H) already computed."""
+    """One `nn.LSTM` step with the input side `W_i x + b_i` (4H) already computed; returns the state `(h, c)`."""
     gates = input_gates + F.linear(hidden, weight_hh, bias_hh)
     in_gate, forget_gate, candidate, out_gate = gates.chunk(4, dim=-1)
     cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(candidate)
     return torch.sigmoid(out_gate) * torch.tanh(cell), cell
+
+
+CELLS = {"gru": gru_cell, "lstm": lstm_cell}
 
 
 class RNNAttnDecoder(nn.Module):
@@ -292,6 +366,9 @@ class RNNAttnDecoder(nn.Module):
     Step t: `h_t = RNN(x_t, state)` with `x_t = emb(y_{t-1})`, or `[emb(y_{t-1}) ; c_{t-1}]` with input feeding;
     `alpha = softmax(score(h_t, h_i))` over real source positions; `c_t = sum_i alpha_i h_i`;
     `o_t = [h_t ; c_t]`, or Luong's `tanh(W_c [h_t ; c_t])`. The caller maps `o_t` to logits.
+
+    `step` computes this as written; `_unroll_with_input_feeding` is the same computation, fused for teacher
+    forcing (tests/test_modeling.py checks one against the other).
     """
 
     def __init__(self, config):
@@ -311,9 +388,7 @@ class RNNAttnDecoder(nn.Module):
         """The state before the first target token, from the encoder's final states and keys."""
         config, keys = self.config, encoder_output.last_hidden_state
         batch_size = keys.size(0)
-        starts = [encoder_output.final_hidden_state]
-        if config.rnn_cell == "lstm":
-            starts.append(encoder_output.final_cell_state)
+        starts = state_tuple(encoder_output.final_hidden_state, encoder_output.final_cell_state)
         if config.decoder_state_init == "zeros":
             starts = [keys.new_zeros(batch_size, config.decoder_layers, config.hidden_size) for _ in starts]
         elif config.decoder_state_init == "backward":
@@ -326,13 +401,13 @@ class RNNAttnDecoder(nn.Module):
                       for s in starts]  # B x L x K, [fwd ; bwd] per layer
         if self.bridge is not None:
             starts = [torch.tanh(self.bridge(s)) for s in starts]  # B x L x H
-        hidden, cell = starts if len(starts) == 2 else (starts[0], None)
         context = keys.new_zeros(batch_size, keys.size(-1)) if config.input_feeding else None  # c_0 = 0
-        return RNNAttnState(hidden=hidden.contiguous(), cell=cell if cell is None else cell.contiguous(),
-                            context=context, projected_keys=self.score.project_keys(keys))
+        return RNNAttnState.from_rnn(tuple(s.contiguous() for s in starts), context=context,
+                                     projected_keys=self.score.project_keys(keys))
 
     def forward(self, input_ids, state, keys, attention_mask, inputs_embeds=None, output_hidden_states=False):
-        """Consumes T target tokens from `state`.
+        """Consumes T target tokens from `state`: teacher forcing with input feeding takes the fused unroll, the
+        rest (one token, or T tokens without input feeding) `step`.
 
         Args:
             input_ids: B x T previous target tokens (None with `inputs_embeds`).
@@ -348,68 +423,82 @@ class RNNAttnDecoder(nn.Module):
             states (B x T x H; the last is the top layer's `h_t`).
         """
         embedded = self.dropout(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)  # B x T x E
-        if self.config.input_feeding:
-            top, context, weights, hidden, cell, lower_layers = self._unroll_with_input_feeding(
-                embedded, state, keys, attention_mask, output_hidden_states)
-        else:
-            if output_hidden_states:
-                top, final, lower_layers = run_rnn_layers(self.rnn, embedded, state.rnn_state())
-            else:
-                top, final = run_rnn(self.rnn, embedded, state.rnn_state())  # B x T x H: one call over all steps
-            final_hidden, final_cell = final if isinstance(final, tuple) else (final, None)
-            hidden = final_hidden.transpose(0, 1)
-            cell = None if final_cell is None else final_cell.transpose(0, 1)
-            context, weights = attend(self.score(top, state.projected_keys), attention_mask, keys)
-        output = torch.cat([top, context], dim=-1)  # B x T x (H + K)
-        if self.W_c is not None:
-            output = torch.tanh(self.W_c(output))  # B x T x H
-        new_state = RNNAttnState(hidden=hidden, cell=cell,
-                                 context=context[:, -1] if self.config.input_feeding else None,
-                                 projected_keys=state.projected_keys,
-                                 seen_tokens=state.seen_tokens + embedded.size(1))
+        run = self._unroll_with_input_feeding if self.config.input_feeding and embedded.size(1) > 1 else self.step
+        output, weights, new_state, layers = run(embedded, state, keys, attention_mask, output_hidden_states)
         if output_hidden_states:
-            return output, weights, new_state, (embedded, *lower_layers, top)
+            return output, weights, new_state, (embedded, *layers)
         return output, weights, new_state
 
-    def _unroll_with_input_feeding(self, embedded, state, keys, attention_mask, collect_layers=False):
-        """The sequential part only: each step's RNN input needs the previous step's context.
+    def step(self, embedded, state, keys, attention_mask, output_hidden_states=False):
+        """The decoder as the papers write it, for one token (B x 1 x E embedded), or for all T teacher-forced
+        tokens at once without input feeding, where `x_t` does not need `c_{t-1}`.
 
-        Runs the `nn.GRU`/`nn.LSTM` weights step by step; the embedding part of the first layer's input
-        projection is computed for all steps in one product. Also returns the states of each layer below the
-        top (B x T x H each) when `collect_layers`, else an empty list.
+        Returns `o_t`, the attention weights, the new state (as `forward`) and each RNN layer's states (B x T x H)
+        with `output_hidden_states`, else None.
+        """
+        x = embedded  # B x T x E
+        if self.config.input_feeding:
+            x = torch.cat([embedded, state.context.unsqueeze(1)], dim=-1)  # B x 1 x (E + K): [emb(y_{t-1}) ; c_{t-1}]
+        if output_hidden_states:
+            top, final, lower_layers = run_rnn_layers(self.rnn, x, state.rnn_state())
+        else:
+            top, final = run_rnn(self.rnn, x, state.rnn_state())  # B x T x H: h_t
+        context, weights = attend(self.score(top, state.projected_keys), attention_mask, keys)  # B x T x K, B x T x S
+        new_state = RNNAttnState.from_rnn(final, context=context[:, -1] if self.config.input_feeding else None,
+                                          projected_keys=state.projected_keys,
+                                          seen_tokens=state.seen_tokens + embedded.size(1))
+        layers = (*lower_layers, top) if output_hidden_states else None
+        return self.output(top, context), weights, new_state, layers
+
+    def output(self, top, context):
+        """`o_t` from `h_t` (B x T x H) and `c_t` (B x T x K)."""
+        output = torch.cat([top, context], dim=-1)  # B x T x (H + K): [h_t ; c_t]
+        if self.W_c is not None:
+            output = torch.tanh(self.W_c(output))  # B x T x H: tanh(W_c [h_t ; c_t])
+        return output
+
+    def _unroll_with_input_feeding(self, embedded, state, keys, attention_mask, output_hidden_states=False):
+        """`step` over T > 1 teacher-forced tokens with input feeding, fused: the same results, faster.
+
+        Only the recurrence is sequential: each step's RNN input needs the previous step's context. The first
+        layer's input projection splits along `x_t = [emb(y_{t-1}) ; c_{t-1}]`,
+            W_ih x_t + b_ih = (W_ih[:, :E] emb(y_{t-1}) + b_ih) + W_ih[:, E:] c_{t-1},
+        and the first term, which does not depend on earlier steps, is one product for all T steps. Each layer
+        then applies the `nn.GRU`/`nn.LSTM` cell equations (`gru_cell`, `lstm_cell`) to its input gates, with the
+        same weights and the dropout the stacked RNN applies between layers.
         """
         rnn, num_layers, embedding_size = self.rnn, self.config.decoder_layers, self.config.embedding_size
+        cell_step = CELLS[self.config.rnn_cell]
         weight_ih = rnn.weight_ih_l0
         # unbind, not [:, t]: its backward stacks T gradients once instead of filling T full-size zero tensors.
         embedded_gates = F.linear(embedded, weight_ih[:, :embedding_size], rnn.bias_ih_l0).unbind(1)  # T x (B x G*H)
         weight_context = weight_ih[:, embedding_size:]
-        hidden = list(state.hidden.unbind(1))  # L x (B x H)
-        cell = list(state.cell.unbind(1)) if state.cell is not None else [None] * num_layers
+        layer_states = list(zip(*(s.unbind(1) for s in state.rnn_state())))  # L x ((h,) or (h, c), B x H each)
         context = state.context  # B x K
         tops, contexts, weights, lower_layers = [], [], [], []
         for step_gates in embedded_gates:
             gates = step_gates + F.linear(context, weight_context)
             for layer in range(num_layers):
                 if layer > 0:
-                    below = F.dropout(hidden[layer - 1], self.config.dropout, self.training)
+                    below = F.dropout(layer_states[layer - 1][0], self.config.dropout, self.training)
                     gates = F.linear(below, getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"bias_ih_l{layer}"))
-                weight_hh, bias_hh = getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
-                if cell[layer] is None:
-                    hidden[layer] = gru_cell(gates, hidden[layer], weight_hh, bias_hh)
-                else:
-                    hidden[layer], cell[layer] = lstm_cell(gates, hidden[layer], cell[layer], weight_hh, bias_hh)
-            step_context, step_weights = attend(self.score(hidden[-1].unsqueeze(1), state.projected_keys),
+                layer_states[layer] = cell_step(gates, *layer_states[layer], getattr(rnn, f"weight_hh_l{layer}"),
+                                                getattr(rnn, f"bias_hh_l{layer}"))
+            top = layer_states[-1][0]  # B x H
+            step_context, step_weights = attend(self.score(top.unsqueeze(1), state.projected_keys),
                                                 attention_mask, keys)  # B x 1 x K, B x 1 x S
             context = step_context.squeeze(1)
-            tops.append(hidden[-1])
+            tops.append(top)
             contexts.append(context)
             weights.append(step_weights)
-            if collect_layers:
-                lower_layers.append(hidden[:-1])
-        cell = torch.stack(cell, dim=1) if state.cell is not None else None
-        lower_layers = [torch.stack(states, dim=1) for states in zip(*lower_layers)]  # B x T x H each
-        return (torch.stack(tops, dim=1), torch.stack(contexts, dim=1), torch.cat(weights, dim=1),
-                torch.stack(hidden, dim=1), cell, lower_layers)
+            if output_hidden_states:
+                lower_layers.append([layer_state[0] for layer_state in layer_states[:-1]])
+        top = torch.stack(tops, dim=1)  # B x T x H
+        final = tuple(torch.stack(parts, dim=1) for parts in zip(*layer_states))  # (h,) or (h, c), B x L x H each
+        new_state = RNNAttnState.from_rnn(final, context=context, projected_keys=state.projected_keys,
+                                          seen_tokens=state.seen_tokens + embedded.size(1))
+        layers = (*(torch.stack(states, dim=1) for states in zip(*lower_layers)), top) if output_hidden_states else None
+        return self.output(top, torch.stack(contexts, dim=1)), torch.cat(weights, dim=1), new_state, layers
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -508,10 +597,11 @@ class RNNAttnModel(RNNAttnPreTrainedModel):
         if encoder_outputs is None:
             if input_ids is None and inputs_embeds is None:
                 raise ValueError("Pass `input_ids`, `inputs_embeds` or precomputed `encoder_outputs`.")
-            encoder_outputs = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states,
-                                           return_dict=True, inputs_embeds=inputs_embeds)
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                           output_hidden_states=output_hidden_states, return_dict=True,
+                                           inputs_embeds=inputs_embeds)
         elif not isinstance(encoder_outputs, RNNAttnEncoderOutput):
-            encoder_outputs = RNNAttnEncoderOutput(*encoder_outputs)
+            encoder_outputs = RNNAttnEncoderOutput.from_tuple(encoder_outputs)
         keys = encoder_outputs.last_hidden_state  # B x S x K
         if attention_mask is None:
             attention_mask = keys.new_ones(keys.shape[:2], dtype=torch.long)
@@ -525,8 +615,8 @@ class RNNAttnModel(RNNAttnPreTrainedModel):
             check_token_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
         state = past_key_values if past_key_values is not None else self.decoder.initial_state(encoder_outputs)
         features, weights, state, *hidden_states = self.decoder(
-            decoder_input_ids, state, keys, attention_mask, inputs_embeds=decoder_inputs_embeds,
-            output_hidden_states=output_hidden_states)
+            input_ids=decoder_input_ids, state=state, keys=keys, attention_mask=attention_mask,
+            inputs_embeds=decoder_inputs_embeds, output_hidden_states=output_hidden_states)
         output = Seq2SeqModelOutput(
             last_hidden_state=features,
             past_key_values=state if use_cache else None,
@@ -622,9 +712,10 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
             check_token_ids("labels", labels, self.config.vocab_size, allow_ignore_index=True)
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-        outputs = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                             encoder_outputs, past_key_values, use_cache, output_attentions,
-                             output_hidden_states, return_dict=True, inputs_embeds=inputs_embeds,
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                             decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs,
+                             past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, return_dict=True, inputs_embeds=inputs_embeds,
                              decoder_inputs_embeds=decoder_inputs_embeds)
         features = self.dropout(outputs.last_hidden_state)  # B x T x D
         if skip_logits is None:

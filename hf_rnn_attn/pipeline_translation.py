@@ -8,11 +8,15 @@ next to the weights and records it there, so in any process, with or without `hf
     translator = pipeline("translation", model="path/or/hub-id", trust_remote_code=True)
     translator("Hola mundo.")                     # [{"translation_text": "Hello world."}]
     translator(["Hola.", "Adiós."], batch_size=2, num_beams=4, max_new_tokens=64)
+    translator("Hola mundo.", return_attention=True)  # adds the word attention and a Pharaoh alignment
 
-This file imports only torch and transformers, so it loads from a folder on its own.
+This file and `alignment.py` import only torch and transformers, so they load from a folder on their own.
 """
 
+import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig, Pipeline
+
+from .alignment import sequence_attentions, word_attention
 
 
 GREEDY_BATCHES_PER_CALL = 4
@@ -33,6 +37,10 @@ class RNNAttnTranslationPipeline(Pipeline):
 
     A blank source (`""`, `"   "`) translates to `""` without reaching the model, which would invent a sentence
     for it; an empty list gives `[]`.
+
+    `return_attention=True` adds to each record the attention of that translation over its source, merged to
+    words (`alignment.word_attention`): `source_tokens`, `target_tokens`, `attention` (a target x source tensor)
+    and `alignment` (Pharaoh `i-j` word pairs). Decoding then runs transformers' own loops, which record it.
     """
 
     _pipeline_calls_generate = True
@@ -47,8 +55,6 @@ class RNNAttnTranslationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.tokenizer is None:
             raise ValueError("RNNAttnTranslationPipeline needs a tokenizer; pass `tokenizer=`.")
-        self.src_lang = getattr(self.model.config, "src_lang", None)
-        self.tgt_lang = getattr(self.model.config, "tgt_lang", None)
 
     def __call__(self, inputs, **kwargs):
         if isinstance(inputs, str):
@@ -98,10 +104,14 @@ class RNNAttnTranslationPipeline(Pipeline):
         """As many empty records as the call would return sequences."""
         count = call_kwargs.get("num_return_sequences", self._forward_params.get(
             "num_return_sequences", self.model.generation_config.num_return_sequences))
-        return [{"translation_text": ""} for _ in range(count or 1)]
+        records = [{"translation_text": ""} for _ in range(count or 1)]
+        if call_kwargs.get("return_attention", self._forward_params.get("return_attention")):
+            for record in records:
+                record.update(word_attention(self.tokenizer, [], [], torch.zeros(0, 0)))
+        return records
 
     def _sanitize_parameters(self, src_lang=None, tgt_lang=None, truncation=None, max_source_length=None,
-                             clean_up_tokenization_spaces=None, **generate_kwargs):
+                             clean_up_tokenization_spaces=None, return_attention=None, **generate_kwargs):
         self._check_language("src_lang", src_lang, getattr(self.model.config, "src_lang", None))
         self._check_language("tgt_lang", tgt_lang, getattr(self.model.config, "tgt_lang", None))
         preprocess_params = {}
@@ -112,6 +122,8 @@ class RNNAttnTranslationPipeline(Pipeline):
         postprocess_params = {}
         if clean_up_tokenization_spaces is not None:
             postprocess_params["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
+        if return_attention is not None:
+            generate_kwargs["return_attention"] = return_attention
         return preprocess_params, generate_kwargs, postprocess_params
 
     @staticmethod
@@ -126,19 +138,36 @@ class RNNAttnTranslationPipeline(Pipeline):
         # Only what the encoder reads: fast tokenizers may add token_type_ids, which generate() would carry along.
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
-    def _forward(self, model_inputs, **generate_kwargs):
+    def _forward(self, model_inputs, return_attention=False, **generate_kwargs):
         batch_size = model_inputs["input_ids"].shape[0]
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=False)
-        output_ids = self.model.generate(**model_inputs, **generate_kwargs)  # (B x n) x T
+        overrides = {"return_dict_in_generate": True, "output_attentions": True} if return_attention else {
+            "return_dict_in_generate": False}
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, **overrides)
+        outputs = self.model.generate(**model_inputs, **generate_kwargs)
+        output_ids = outputs.sequences if return_attention else outputs  # (B x n) x T
         # Group the n returned sequences per input so that the pipeline's unbatching keeps them together.
-        return {"output_ids": output_ids.reshape(batch_size, -1, output_ids.shape[-1])}  # B x n x T
+        grouped = {"output_ids": output_ids.reshape(batch_size, -1, output_ids.shape[-1])}  # B x n x T
+        if return_attention:
+            eos_token_id = generate_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
+            attention = sequence_attentions(outputs, eos_token_id)  # (B x n) x T x S
+            grouped.update(attention=attention.reshape(batch_size, -1, *attention.shape[1:]),  # B x n x T x S
+                           input_ids=model_inputs["input_ids"], attention_mask=model_inputs["attention_mask"])
+        return grouped
 
     def postprocess(self, model_outputs, clean_up_tokenization_spaces=False):
-        return [
+        records = [
             {"translation_text": self.tokenizer.decode(ids, skip_special_tokens=True,
                                                        clean_up_tokenization_spaces=clean_up_tokenization_spaces)}
             for ids in model_outputs["output_ids"][0]  # n x T
         ]
+        if "attention" in model_outputs:
+            source_ids = model_outputs["input_ids"][0][model_outputs["attention_mask"][0].bool()]  # S
+            for record, ids, weights in zip(records, model_outputs["output_ids"][0], model_outputs["attention"][0]):
+                length = int((weights.sum(dim=-1) > 0).sum())  # rows after the sequence's EOS are zero
+                target_ids = ids[ids.shape[0] - weights.shape[0]:][:length]
+                record.update(word_attention(self.tokenizer, source_ids, target_ids,
+                                             weights[:length, :source_ids.shape[0]]))
+        return records
 
 
 def _is_blank(text):

@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Usage: bash scripts/setup.sh
-# Installs everything hf_rnn_attn needs on a fresh Debian machine: the SWORD Bible texts (apt) and a
-# virtual environment .venv with the pinned Python stack and the package in editable mode.
+# Installs everything hf_rnn_attn needs on a fresh Debian machine: the SWORD Bible texts and, for the demo's
+# browser test, Chromium and its driver (apt), and a virtual environment .venv with the pinned Python stack and
+# the package in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+APT_UPDATED=""
+apt_install() {  # apt-get install, after one apt-get update per run
+  [ -n "$APT_UPDATED" ] || { $SUDO apt-get update -qq; APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 if ! command -v diatheke >/dev/null || [ ! -d /usr/share/sword/modules/texts/ztext/spaRV1909eb ] \
     || [ ! -d /usr/share/sword/modules/texts/ztext/engWEB2015eb ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq diatheke sword-text-sparv sword-text-web >/dev/null
+  apt_install diatheke sword-text-sparv sword-text-web
+fi
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt_install --no-install-recommends chromium chromium-driver
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -9,14 +9,17 @@ from tiny_models import VARIANTS, source_batch, tiny_model
 ALL_VARIANTS = list(VARIANTS)
 
 
+def up_to_eos(model, sequences):
+    """B x (T - 1): True for each generated token (after the start token) up to and including the first eos."""
+    is_eos = (sequences[:, 1:] == model.config.eos_token_id).long()
+    return (is_eos.cumsum(1) - is_eos) == 0
+
+
 def sequence_log_probs(model, input_ids, attention_mask, sequences):
     """Sum of log p(y_t) of each sequence's generated tokens, up to and including its eos."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=sequences[:, :-1]).logits
     token_log_probs = logits.log_softmax(-1).gather(-1, sequences[:, 1:, None]).squeeze(-1)
-    generated = sequences[:, 1:]
-    is_eos = (generated == model.config.eos_token_id).long()
-    after_eos = (is_eos.cumsum(1) - is_eos) > 0
-    return token_log_probs.masked_fill(after_eos, 0.0).sum(1)
+    return token_log_probs.masked_fill(~up_to_eos(model, sequences), 0.0).sum(1)
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
@@ -28,8 +31,7 @@ def test_beam_search_with_one_beam_equals_greedy(variant):
     assert torch.equal(greedy, beam)
     # Greedy picks the argmax of the teacher-forced logits of its own output.
     logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=greedy[:, :-1]).logits
-    is_eos = greedy[:, 1:] == model.config.eos_token_id
-    live = (is_eos.long().cumsum(1) - is_eos.long()) == 0
+    live = up_to_eos(model, greedy)
     assert torch.equal(logits.argmax(-1)[live], greedy[:, 1:][live])
 
 
@@ -53,9 +55,7 @@ def test_beam_scores_with_length_penalty_are_normalised_by_length():
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=7, num_beams=3,
                          length_penalty=1.0, output_scores=True, return_dict_in_generate=True)
     recomputed = sequence_log_probs(model, input_ids, attention_mask, out.sequences)
-    generated = out.sequences[:, 1:]
-    is_eos = (generated == model.config.eos_token_id).long()
-    lengths = ((is_eos.cumsum(1) - is_eos) == 0).sum(1)
+    lengths = up_to_eos(model, out.sequences).sum(1)
     torch.testing.assert_close(out.sequences_scores, recomputed / lengths, atol=1e-4, rtol=1e-4)
 
 

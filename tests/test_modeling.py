@@ -1,12 +1,21 @@
-"""Behaviour of the models: the forward contract, decoding equivalences, padding, attention, loss."""
+"""Behaviour of the models: the forward contract, decoding equivalences, padding, attention, loss; and the README's
+map from equations to code."""
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
+from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
+from hf_rnn_attn.configuration_rnn_attn import ATTENTION_SCORES, RNN_CELLS
 from hf_rnn_attn.modeling_rnn_attn import shift_tokens_right
-from tiny_models import VARIANTS, source_batch, tiny_model
+from tiny_models import TINY, VARIANTS, source_batch, tiny_model
 
 ALL_VARIANTS = list(VARIANTS)
+# Every cell, score and input feeding choice, on 2-layer decoders; K = H = 16 so that the dot score fits.
+DESIGN_POINTS = [(cell, score, input_feeding) for cell in RNN_CELLS for score in ATTENTION_SCORES
+                 for input_feeding in (True, False)]
 
 
 def target_batch(seed=1, batch_size=3, length=5):
@@ -32,6 +41,63 @@ def test_step_by_step_decoding_equals_teacher_forced_pass(variant):
     assert state.get_seq_length() == decoder_input_ids.size(1)
     torch.testing.assert_close(torch.cat(step_logits, dim=1), full.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat(step_weights, dim=2), full.cross_attentions[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rnn_cell, attention_score, input_feeding", DESIGN_POINTS)
+def test_teacher_forced_pass_equals_the_plain_step(rnn_cell, attention_score, input_feeding):
+    """The fast teacher-forced pass (the fused unroll with input feeding, one RNN call without) against the plain
+    step, token by token, which runs PyTorch's own `nn.GRU`/`nn.LSTM`: outputs, attention, state and gradients."""
+    torch.manual_seed(0)
+    preset, encoder_hidden_size = ("bigru-bahdanau", 8) if rnn_cell == "gru" else ("lstm-luong", 16)
+    config = RNNAttnConfig.from_preset(preset, **TINY, attention_score=attention_score, input_feeding=input_feeding,
+                                       encoder_hidden_size=encoder_hidden_size, encoder_layers=2, decoder_layers=2,
+                                       max_source_positions=12)
+    model = RNNAttnForConditionalGeneration(config).eval()
+    decoder = model.get_decoder()
+    input_ids, attention_mask = source_batch()
+    encoder_output = model.get_encoder()(input_ids, attention_mask)
+    keys, start = encoder_output.last_hidden_state, decoder.initial_state(encoder_output)
+    embedded = decoder.embed_tokens(target_batch(length=6))  # B x T x E
+    rnn_calls = []
+    decoder.rnn.register_forward_hook(lambda module, args, output: rnn_calls.append(args[0].shape))
+
+    fast, fast_weights, fast_state = decoder(None, start, keys, attention_mask, inputs_embeds=embedded)
+    assert len(rnn_calls) == (0 if input_feeding else 1)  # the fused unroll runs its own cells
+    state, outputs, weights = start, [], []
+    for t in range(embedded.size(1)):
+        output, step_weights, state, _ = decoder.step(embedded[:, t:t + 1], state, keys, attention_mask)
+        outputs.append(output)
+        weights.append(step_weights)
+    plain = torch.cat(outputs, dim=1)
+    x_size = config.embedding_size + (config.encoder_output_size if input_feeding else 0)  # [emb(y_{t-1}) ; c_{t-1}]
+    assert rnn_calls[-6:] == [torch.Size([3, 1, x_size])] * 6  # the module itself, one token at a time
+
+    fast_logits, plain_logits = model.lm_head(fast), model.lm_head(plain)
+    torch.testing.assert_close(fast_logits, plain_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_weights, torch.cat(weights, dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_state.tensors(), state.tensors(), atol=1e-5, rtol=1e-5)
+    assert fast_state.seen_tokens == state.seen_tokens == 6
+    probe = torch.randn(fast_logits.shape, generator=torch.Generator().manual_seed(2))
+    fast_grads, plain_grads = (torch.autograd.grad((logits * probe).sum(), list(decoder.parameters()),
+                                                   retain_graph=True, allow_unused=True)
+                               for logits in (fast_logits, plain_logits))
+    torch.testing.assert_close(fast_grads, plain_grads, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_outputs_given_as_a_tuple_keep_every_field():
+    """`to_tuple()` drops None fields: a GRU encoder's tuple has no cell state, yet its hidden states stay hidden
+    states (they used to land in `final_cell_state`)."""
+    for variant in ("bigru-bahdanau", "lstm-luong-general"):
+        model = tiny_model(variant)
+        input_ids, attention_mask = source_batch()
+        inputs = dict(attention_mask=attention_mask, decoder_input_ids=target_batch(), output_hidden_states=True)
+        reference = model(input_ids=input_ids, **inputs)
+        as_tuple = model.get_encoder()(input_ids, attention_mask, output_hidden_states=True, return_dict=False)
+        out = model(encoder_outputs=as_tuple, **inputs)
+        assert len(out.encoder_hidden_states) == len(reference.encoder_hidden_states) == 1 + model.config.encoder_layers
+        for given, expected in zip(out.encoder_hidden_states, reference.encoder_hidden_states):
+            torch.testing.assert_close(given, expected)
+        torch.testing.assert_close(out.logits, reference.logits)
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
@@ -148,3 +214,14 @@ def test_return_dict_false_and_hidden_states(variant):
 def test_tied_word_embeddings_share_the_decoder_embedding():
     model = tiny_model("lstm-luong-general", embedding_size=16, tie_word_embeddings=True)
     assert model.lm_head.weight.data_ptr() == model.get_decoder().embed_tokens.weight.data_ptr()
+
+
+def test_readme_equation_table_points_at_its_code():
+    """The README's "Where each equation is" names a line for each equation: it must still hold that code."""
+    root = Path(__file__).resolve().parents[1]
+    rows = re.findall(r"\| `([^`]+)` \| `(hf_rnn_attn/[\w/]+\.py):(\d+)` \|$", (root / "README.md").read_text(), re.M)
+    assert len(rows) > 20
+    for code, path, line in rows:
+        lines = (root / path).read_text().splitlines()
+        now = [number for number, text in enumerate(lines, 1) if code in text]
+        assert code in lines[int(line) - 1], f"README.md: `{code}` is no longer at {path}:{line} but at line {now}"

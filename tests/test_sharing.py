@@ -12,15 +12,20 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import jinja2
+import jinja2.meta
 import pytest
 import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard
 
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, cli
-from hf_rnn_attn.hub import HubUploadError, hub_files, push_to_hub, render_model_card, save_for_hub
+from hf_rnn_attn.configuration_rnn_attn import PRESETS
+from hf_rnn_attn.hub import HubUploadError, hub_files, push_to_hub, save_for_hub
+from hf_rnn_attn.model_card import card_contents, card_template, render_model_card
 from hf_rnn_attn.pipeline_translation import RNNAttnTranslationPipeline, translation_pipeline
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
+from hf_rnn_attn.translate import translate_texts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESET_NAMES = ["bigru-bahdanau", "lstm-luong"]
@@ -35,7 +40,7 @@ TRAINING_INFO = {"steps": 40, "hardware": "2 CPU cores"}
 GENERATION_SETTINGS = [{"max_new_tokens": 12}, {"max_new_tokens": 12, "num_beams": 3}]
 EXPECTED_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                   "tokenizer_config.json", "configuration_rnn_attn.py", "modeling_rnn_attn.py", "attention.py",
-                  "decoder_state.py", "lean_decoding.py", "linear_cross_entropy.py", "pipeline_translation.py"}
+                  "lean_decoding.py", "linear_cross_entropy.py", "pipeline_translation.py", "alignment.py"}
 
 
 # -------------------------------------------------------------------------------- tiny trained models (fixtures)
@@ -234,11 +239,10 @@ def test_pipeline_batches_sources_of_similar_length_and_keeps_the_input_order(tr
     assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths, 2)]
 
 
-def test_pipeline_records_languages(saved):
+def test_pipeline_checks_languages_against_the_config(saved):
     saved.model.config.src_lang, saved.model.config.tgt_lang = "es", "en"
     try:
         translator = translation_pipeline(saved.model, saved.tokenizer, device="cpu", max_new_tokens=4)
-        assert (translator.src_lang, translator.tgt_lang) == ("es", "en")
         translator(SOURCES[0], src_lang="es", tgt_lang="en")
         with pytest.raises(ValueError, match="tgt_lang='en'"):
             translator(SOURCES[0], tgt_lang="fr")
@@ -320,6 +324,14 @@ def test_model_card_front_matter_and_body(saved):
     assert "- Steps: 40" in body and "- Train pairs: 100" in body
     assert 'trust_remote_code=True' in body and "someone/tiny-rnn-attn" in body
     assert "uses the `" + saved.preset + "` preset as published" in body
+
+
+def test_model_card_templates_name_only_known_slots(saved):
+    # Jinja renders an unknown name as "" without a word: a misspelt slot would silently vanish from the card.
+    _, values = card_contents(saved.model)
+    for preset in PRESETS:
+        slots = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(card_template(preset)))
+        assert slots <= {"card_data", *values}, slots - {"card_data", *values}
 
 
 def test_model_card_never_invents_numbers(saved):
@@ -427,6 +439,23 @@ def test_cli_translate_file_to_file(saved, tmp_path):
                        "--num_beams", "3", "--max_new_tokens", "12", "--batch_size", "3", "--device", "cpu"])
     assert status == 0
     assert output.read_text(encoding="utf-8").split("\n") == [*saved.references[1], ""]
+
+
+def test_every_translation_entry_point_takes_the_length_sorted_path(saved, tmp_path, monkeypatch):
+    """The CLI and `translate_texts` (scripts/evaluate_model.py) translate through the pipeline's one batched,
+    length-sorted path, so that evaluation measures what users get, in input order."""
+    calls = []
+    sorted_path = RNNAttnTranslationPipeline._translate_longest_first
+    monkeypatch.setattr(RNNAttnTranslationPipeline, "_translate_longest_first",
+                        lambda self, texts, **kwargs: calls.append(list(texts)) or sorted_path(self, texts, **kwargs))
+    greedy = saved.references[0]
+    assert translate_texts(saved.model, saved.tokenizer, SOURCES, batch_size=2, max_new_tokens=12) == greedy
+    source, output = tmp_path / "source.txt", tmp_path / "out.txt"
+    source.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
+    assert cli.main(["translate", "--model", str(saved.folder), "--input", str(source), "--output", str(output),
+                     "--max_new_tokens", "12", "--batch_size", "2", "--device", "cpu"]) == 0
+    assert output.read_text(encoding="utf-8").split("\n") == [*greedy, ""]
+    assert calls == [SOURCES, SOURCES]
 
 
 @pytest.mark.parametrize("problem", ["missing-model", "no-config", "missing-input", "not-utf8", "no-output-dir"])

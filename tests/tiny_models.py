@@ -43,3 +43,32 @@ def source_batch(seed=0, batch_size=3, length=7, vocab_size=20):
     attention_mask[1, length - 2:] = 0
     attention_mask[2, 3:] = 0
     return input_ids.masked_fill(attention_mask == 0, 0), attention_mask
+
+
+COPY_WORDS = ("el la los gato perro casa sol luna agua fuego rojo azul verde grande pequeño come bebe ve tiene "
+              "quiere").split()
+
+
+def copy_task_sentences(count=100, seed=0):
+    """Random strings of 2-5 words: a toy corpus whose joint 60-type vocabulary splits most words into subwords."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 6, (count,), generator=generator).tolist()
+    return [" ".join(COPY_WORDS[i] for i in torch.randint(len(COPY_WORDS), (n,), generator=generator).tolist())
+            for n in lengths]
+
+
+def train_copy_model(tokenizer, sentences, preset="bigru-bahdanau", steps=40, **overrides):
+    """A tiny model trained a few steps to copy its input: it translates non-trivially and ends its sentences."""
+    torch.manual_seed(0)
+    config = RNNAttnConfig.from_preset(preset, vocab_size=len(tokenizer), embedding_size=16, hidden_size=16,
+                                       dropout=0.0, **overrides)
+    model = RNNAttnForConditionalGeneration(config)
+    batch = tokenizer(sentences, text_target=sentences, padding=True, return_tensors="pt")
+    labels = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(steps):
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

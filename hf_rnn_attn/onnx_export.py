@@ -1,0 +1,261 @@
+"""ONNX export: the encoder and one decoder step as two graphs, which `hf_rnn_attn.onnx.ONNXTranslator` runs.
+
+    from hf_rnn_attn.onnx_export import export_onnx
+    export_onnx("runs/bigru-bahdanau/model", "runs/bigru-bahdanau/onnx", int8=True)
+    hf-rnn-attn export --model runs/bigru-bahdanau/model --output runs/bigru-bahdanau/onnx --int8
+
+The folder gets `encoder.onnx`, `decoder.onnx`, with `int8` also their dynamically quantised copies
+`encoder.int8.onnx` and `decoder.int8.onnx` (onnxruntime's `quantize_dynamic`: int8 weights, activations
+quantised at run time), and the config, generation config and tokenizer. Every axis named B or S is dynamic.
+
+    encoder: input_ids (B x S), attention_mask (B x S)
+             -> keys (B x S x K), projected_keys (B x S x A), and the decoder's initial state:
+                hidden (B x L x H), cell (B x L x H, LSTM only), context (B x K, input feeding only)
+    decoder: decoder_input_ids (B x 1), keys, projected_keys, attention_mask, hidden[, cell][, context]
+             -> log_probs (B x V), attention (B x S), new_hidden[, new_cell][, new_context]
+
+Each graph records the export format, the config fields it depends on and a digest of the weights, so that a
+runner refuses a graph from another export.
+
+Why not Optimum: its seq2seq layout and `ORTModelForSeq2SeqLM` carry the decoder state as per-layer attention
+key/value caches, `past_key_values.{i}.{decoder,encoder}.{key,value}` of shape B x heads x past length x head size:
+the first step runs without a past (so the decoder could not start from the encoder's final states), the past
+length is read from axis 2 of the first cache tensor, and the config must name `num_attention_heads`. A recurrent
+state (B x L x H, fixed size, present from the first step) fits none of this. Its current release (optimum-onnx
+0.1.0) also requires transformers < 4.58.
+
+Why the TorchScript exporter (`dynamo=False`): the `torch.export` exporter (also the one that needs `onnxscript`)
+stops at the model's input checks (`if ids.min() < 0`, data-dependent) and at `pack_padded_sequence`, whose
+output size depends on the lengths. The tracer records the checks away and exports packed RNNs as ONNX GRU/LSTM
+nodes with `sequence_lens`. It is deprecated in torch 2.13 but present in the pinned version. A wrong trace would be
+silent, so every export is run once on onnxruntime, on another batch and source length than traced, and compared
+with the model.
+"""
+
+import copy
+import hashlib
+import json
+import logging
+import types
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from torch import nn
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from .attention import AdditiveScore
+from .hub import check_model_folder
+from .onnx import EXPORT_FORMAT, GRAPH_FILES, MEMORY_NAMES, architecture
+
+OPSET = 17
+TOLERANCE = 1e-4  # largest difference of log-probabilities between an exported graph and the model
+
+
+class EncoderGraph(nn.Module):
+    """The encoder and the decoder's initial state, as the exported encoder graph computes them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        encoder_output = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        state = self.model.get_decoder().initial_state(encoder_output).tensors()
+        return encoder_output.last_hidden_state, *state.values()
+
+
+class DecoderStepGraph(nn.Module):
+    """One decoder step through the model's forward, as generate() calls it: one token, `encoder_outputs` and the
+    state as `past_key_values`.
+
+    `template` is a decoder state of this model: the state passed in is the template with its tensors replaced, so
+    that this module does not need to know which fields a GRU or an LSTM state has.
+    """
+
+    def __init__(self, model, template):
+        super().__init__()
+        self.model = model
+        self.template = template
+        self.state_names = [name for name in template.tensors() if name not in MEMORY_NAMES]
+
+    def forward(self, decoder_input_ids, keys, projected_keys, attention_mask, *state_tensors):
+        state = copy.copy(self.template)
+        for name, value in zip(("projected_keys", *self.state_names), (projected_keys, *state_tensors)):
+            setattr(state, name, value)
+        output = self.model(encoder_outputs=(keys,), attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                            past_key_values=state, use_cache=True, output_attentions=True, return_dict=True)
+        new_state = output.past_key_values
+        log_probs = output.logits[:, -1].float().log_softmax(dim=-1)  # B x V
+        attention = output.cross_attentions[0][:, 0, -1]  # B x S
+        return log_probs, attention, *(getattr(new_state, name) for name in self.state_names)
+
+
+def export_onnx(model, output_dir, tokenizer=None, int8=False):
+    """Writes the encoder and decoder-step graphs of `model` to `output_dir` (created if missing).
+
+    Args:
+        model: an `RNNAttnForConditionalGeneration`, or the folder of a saved one (its tokenizer is exported too).
+        output_dir: the folder to write; graphs of an earlier export there are replaced.
+        tokenizer: the model's tokenizer, saved with the graphs so that `ONNXTranslator` translates text.
+        int8: also write onnxruntime's dynamically quantised int8 graphs.
+
+    Returns:
+        The paths of the graphs written.
+
+    Raises:
+        `FileNotFoundError` / `ValueError` for a folder that holds no saved hf_rnn_attn model, and `RuntimeError`
+        when an exported graph disagrees with the model.
+    """
+    if isinstance(model, (str, Path)):
+        folder = check_model_folder(model)
+        model_type = AutoConfig.from_pretrained(folder).model_type
+        if model_type != "rnn_attn":
+            raise ValueError(f"{folder} holds a {model_type!r} model, not an hf_rnn_attn (rnn_attn) one.")
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder) if tokenizer is None else tokenizer
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = _traceable(model)
+    metadata = {"hf_rnn_attn_format": EXPORT_FORMAT, "hf_rnn_attn_config": json.dumps(architecture(model.config)),
+                "hf_rnn_attn_weights": _weights_digest(model)}
+    encoder_path, decoder_path = (output_dir / name for name in GRAPH_FILES[False])
+    _export_graphs(model, encoder_path, decoder_path, metadata)
+    _check_graphs(model, encoder_path, decoder_path)
+    written = [encoder_path, decoder_path]
+    if int8:
+        for source, target in zip(written[:2], (output_dir / name for name in GRAPH_FILES[True])):
+            _quantize(source, target)
+            written.append(target)
+    model.config.to_json_file(output_dir / "config.json")  # save_pretrained would copy the config's code too
+    model.generation_config.save_pretrained(output_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+    return written
+
+
+def _traceable(model):
+    """A float32 CPU copy of `model` in eval mode that the tracer records correctly.
+
+    `AdditiveScoreFunction` builds its scores in place in a reused buffer (to save training memory), which the
+    tracer records as an uninitialised tensor; the copy's additive scores compute the same `v^T tanh(W1 h_t + W2 h_i)`
+    in one expression.
+    """
+    model = copy.deepcopy(model).float().cpu().eval()
+    for module in model.modules():
+        if isinstance(module, AdditiveScore):
+            module.forward = types.MethodType(_additive_score, module)
+    return model
+
+
+def _additive_score(self, query, projected_keys):
+    hidden = torch.tanh(self.W1(query).unsqueeze(2) + projected_keys.unsqueeze(1))  # B x T x S x A
+    return self.v(hidden).squeeze(-1)  # B x T x S
+
+
+def _weights_digest(model):
+    """A short digest of the weights: the encoder and decoder graphs of one export carry the same."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _example_batch(config, batch_size, length):
+    """Right-padded source ids and mask, the second row shorter, within the location score's positions."""
+    length = min(length, config.max_source_positions or length)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, config.vocab_size, (batch_size, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, max(1, length // 2):] = 0
+    return input_ids * attention_mask, attention_mask
+
+
+@contextmanager
+def _quiet_tracing():
+    """Without the tracer's warnings about the input checks it records away, and the exporter's deprecation notice
+    (see the module docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        yield
+
+
+def _export_graphs(model, encoder_path, decoder_path, metadata):
+    encoder, input_ids, attention_mask = EncoderGraph(model), *_example_batch(model.config, 2, 4)
+    with torch.no_grad():
+        keys, *state = encoder(input_ids, attention_mask)
+        template = model.get_decoder().initial_state(model.get_encoder()(input_ids, attention_mask, return_dict=True))
+    decoder = DecoderStepGraph(model, template)
+    state_names = list(template.tensors())  # projected_keys, then the recurrent state
+    batch, source = {0: "batch"}, {0: "batch", 1: "source_length"}
+    axes = {"input_ids": source, "attention_mask": source, "keys": source, "projected_keys": source,
+            "decoder_input_ids": batch, "log_probs": batch, "attention": source,
+            **{name: batch for name in decoder.state_names}, **{f"new_{name}": batch for name in decoder.state_names}}
+    start = torch.full((input_ids.size(0), 1), model.config.decoder_start_token_id)
+    state = dict(zip(state_names, state))
+    projected_keys = state.pop("projected_keys")
+    graphs = (
+        (encoder, (input_ids, attention_mask), encoder_path, ["input_ids", "attention_mask"], ["keys", *state_names]),
+        (decoder, (start, keys, projected_keys, attention_mask, *state.values()), decoder_path,
+         ["decoder_input_ids", *MEMORY_NAMES, *state], ["log_probs", "attention", *(f"new_{name}" for name in state)]),
+    )
+    for module, inputs, path, input_names, output_names in graphs:
+        with _quiet_tracing(), torch.no_grad():
+            torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=OPSET, input_names=input_names,
+                              output_names=output_names,
+                              dynamic_axes={name: axes[name] for name in (*input_names, *output_names)})
+    for path, graph in ((encoder_path, "encoder"), (decoder_path, "decoder")):
+        _add_metadata(path, {**metadata, "hf_rnn_attn_graph": graph})
+
+
+def _add_metadata(path, metadata):
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, metadata)
+    onnx.save(graph, str(path))
+
+
+def _check_graphs(model, encoder_path, decoder_path):
+    """Runs the graphs on onnxruntime on another batch size and source length than traced, two decoder steps,
+    and raises `RuntimeError` unless they agree with the model."""
+    input_ids, attention_mask = _example_batch(model.config, 3, 7)
+    encoder, decoder = (onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                        for path in (encoder_path, decoder_path))
+    names = [node.name for node in encoder.get_outputs()]
+    outputs = dict(zip(names, encoder.run(None, {"input_ids": input_ids.numpy(),
+                                                  "attention_mask": attention_mask.numpy()})))
+    state_names = [name for name in names if name not in MEMORY_NAMES]
+    start = torch.full((3, 1), model.config.decoder_start_token_id)
+    decoder_input_ids = torch.cat([start, torch.arange(3, 6)[:, None] % model.config.vocab_size], dim=1)  # B x 2
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask,
+                         decoder_input_ids=decoder_input_ids).logits.log_softmax(dim=-1)  # B x 2 x V
+    for step in range(2):
+        feeds = {"decoder_input_ids": decoder_input_ids[:, step:step + 1].numpy(), "keys": outputs["keys"],
+                 "projected_keys": outputs["projected_keys"], "attention_mask": attention_mask.numpy(),
+                 **{name: outputs[name] for name in state_names}}
+        log_probs, _, *new_state = decoder.run(None, feeds)
+        outputs.update(zip(state_names, new_state))
+        difference = float(np.abs(log_probs - expected[:, step].numpy()).max())
+        if not difference <= TOLERANCE:
+            raise RuntimeError(f"The exported graphs disagree with the model at decoder step {step + 1} "
+                               f"(log-probabilities differ by {difference:.2e} > {TOLERANCE}): the trace is wrong.")
+
+
+def _quantize(source, target):
+    """onnxruntime's dynamic int8 quantisation (weights of MatMul, Gather and LSTM nodes), keeping the metadata."""
+    logging.disable(logging.WARNING)  # its advice to pre-process the graph, which concerns static quantisation
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+    metadata = {prop.key: prop.value for prop in onnx.load(str(source), load_external_data=False).metadata_props}
+    _add_metadata(target, {**metadata, "hf_rnn_attn_precision": "int8"})

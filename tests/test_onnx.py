@@ -1,0 +1,209 @@
+"""ONNX export and the onnxruntime translator: the same tokens and scores as generate() on every variant, the
+same text as the PyTorch path through the CLI, int8 on both backends, and clear errors for wrong folders."""
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from hf_rnn_attn import cli
+from hf_rnn_attn.onnx import ONNXTranslator
+from hf_rnn_attn.onnx_export import export_onnx
+from hf_rnn_attn.quantization import quantize_int8
+from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
+from hf_rnn_attn.translate import translate_texts
+from tiny_models import VARIANTS, copy_task_sentences, source_batch, tiny_model, train_copy_model
+
+# Another batch size and source length than the export traces, so that every dynamic axis is exercised.
+BATCH = dict(seed=1, batch_size=4, length=9)
+
+
+def sequence_log_probs(model, input_ids, attention_mask, sequences):
+    """Summed log p(y_t) of each sequence's generated tokens, up to and including its first EOS."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=sequences[:, :-1]).logits
+    token_log_probs = logits.log_softmax(-1).gather(-1, sequences[:, 1:, None]).squeeze(-1)
+    is_eos = (sequences[:, 1:] == model.config.eos_token_id).long()
+    return token_log_probs.masked_fill((is_eos.cumsum(1) - is_eos) > 0, 0.0).sum(1)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """variant -> (model, ONNXTranslator), each exported once."""
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            model = tiny_model(variant, seed=2)
+            folder = tmp_path_factory.mktemp(variant)
+            export_onnx(model, folder)
+            cache[variant] = model, ONNXTranslator(folder)
+        return cache[variant]
+    return get
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_greedy_search_equals_generate(variant, exported):
+    model, translator = exported(variant)
+    input_ids, attention_mask = source_batch(**BATCH)
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=15)
+    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15)
+    np.testing.assert_array_equal(output.sequences, expected.numpy())
+    with torch.no_grad():
+        log_probs = sequence_log_probs(model, input_ids, attention_mask, expected)
+    np.testing.assert_allclose(output.scores, log_probs.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_beam_search_equals_generate(variant, exported):
+    model, translator = exported(variant)
+    input_ids, attention_mask = source_batch(**BATCH)
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=5, max_new_tokens=15,
+                              output_scores=True, return_dict_in_generate=True)
+    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), num_beams=5, max_new_tokens=15)
+    np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
+    np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("settings", [
+    {"early_stopping": True, "num_return_sequences": 3},
+    {"early_stopping": "never", "length_penalty": 0.6},
+    {"length_penalty": 2.0, "num_return_sequences": 4},
+    {"max_new_tokens": 3},
+])
+def test_beam_search_rules_equal_generate(settings, exported):
+    """Length penalty, the three early-stopping rules, several returned sequences, and the length limit."""
+    model, translator = exported("lstm-luong-general")
+    input_ids, attention_mask = source_batch(**BATCH)
+    settings = {"num_beams": 4, "max_new_tokens": 12, **settings}
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
+                              return_dict_in_generate=True)
+    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings)
+    np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
+    np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- text and CLI
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained copy model saved as a model folder and exported with its int8 graphs."""
+    sentences = copy_task_sentences()
+    tokenizer = train_translation_tokenizer(sentences, sentences, vocab_size=60)
+    model = train_copy_model(tokenizer, sentences)
+    folder = tmp_path_factory.mktemp("trained")
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    assert cli.main(["export", "--model", str(folder / "model"), "--output", str(folder / "onnx"), "--int8"]) == 0
+    return model, tokenizer, folder, sentences[:9]
+
+
+def test_translations_equal_the_pytorch_path(trained):
+    model, tokenizer, folder, sentences = trained
+    translator = ONNXTranslator(folder / "onnx")
+    texts = [sentences[0], "   ", *sentences[1:]]
+    for settings in ({"max_new_tokens": 12}, {"max_new_tokens": 12, "num_beams": 3}):
+        expected = translate_texts(model, tokenizer, texts, batch_size=4, **settings)
+        assert translator.translate(texts, batch_size=4, **settings) == expected
+    assert translator.translate(texts)[1] == "" and translator.translate([]) == []
+
+
+def run_translate(arguments, source, output):
+    return cli.main(["translate", "--input", str(source), "--output", str(output), "--max_new_tokens", "12",
+                     "--batch_size", "3", *map(str, arguments)])
+
+
+def test_cli_onnx_backend_writes_what_the_torch_backend_writes(trained, tmp_path):
+    _, _, folder, sentences = trained
+    source = tmp_path / "source.txt"
+    source.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    assert run_translate(["--model", folder / "model", "--num_beams", "3"], source, tmp_path / "torch.txt") == 0
+    assert run_translate(["--model", folder / "onnx", "--num_beams", "3", "--backend", "onnx"], source,
+                         tmp_path / "onnx.txt") == 0
+    assert (tmp_path / "onnx.txt").read_text(encoding="utf-8") == (tmp_path / "torch.txt").read_text(encoding="utf-8")
+
+
+def test_int8_on_both_backends(trained, tmp_path):
+    """The int8 graphs hold int8 weights and translate; torch.ao quantises a copy of the model's Linear layers."""
+    model, _, folder, sentences = trained
+    graph = onnx.load(str(folder / "onnx" / "decoder.int8.onnx"))
+    assert any(tensor.data_type == onnx.TensorProto.INT8 for tensor in graph.graph.initializer)
+    source = tmp_path / "source.txt"
+    source.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    for backend, model_folder in (("onnx", folder / "onnx"), ("torch", folder / "model")):
+        output = tmp_path / f"{backend}.txt"
+        assert run_translate(["--model", model_folder, "--backend", backend, "--int8"], source, output) == 0
+        assert len(output.read_text(encoding="utf-8").split("\n")) == len(sentences) + 1
+    quantized = quantize_int8(model)
+    assert type(quantized.lm_head).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    assert type(model.lm_head) is torch.nn.Linear  # the model itself is unchanged
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+def test_exporting_a_folder_that_is_not_a_model(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no config.json, so it is not a saved model"):
+        export_onnx(tmp_path / "notes", tmp_path / "out")
+    assert cli.main(["export", "--model", str(tmp_path / "notes"), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("hf-rnn-attn export: error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_backend_and_torch_only_options(trained, capsys):
+    _, _, folder, _ = trained
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["translate", "--model", str(folder / "onnx"), "--backend", "tensorflow"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'tensorflow' (choose from 'torch', 'onnx')" in capsys.readouterr().err
+    assert cli.main(["translate", "--model", str(folder / "onnx"), "--backend", "onnx", "--device", "cpu"]) == 2
+    assert "--device work only with --backend torch" in capsys.readouterr().err
+
+
+def test_onnx_backend_on_a_folder_without_graphs(trained, tmp_path, capsys):
+    _, _, folder, _ = trained
+    with pytest.raises(FileNotFoundError, match=r"has no encoder.onnx or decoder.onnx; write the graphs with "
+                                                r"`hf-rnn-attn export"):
+        ONNXTranslator(folder / "model")
+    with pytest.raises(FileNotFoundError, match=r"has no config.json, so it is not an ONNX export"):
+        ONNXTranslator(tmp_path)
+    shutil.copytree(folder / "onnx", tmp_path / "fp32only")
+    (tmp_path / "fp32only" / "decoder.int8.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no decoder.int8.onnx; .* --int8`"):
+        ONNXTranslator(tmp_path / "fp32only", int8=True)
+    source = tmp_path / "source.txt"
+    source.write_text("el gato\n", encoding="utf-8")
+    assert run_translate(["--model", folder / "model", "--backend", "onnx"], source, tmp_path / "out.txt") == 2
+    assert "cannot load a model from" in capsys.readouterr().err
+
+
+def test_graphs_from_an_older_export_are_refused(tmp_path, capsys):
+    export_onnx(tiny_model("lstm-luong-general"), tmp_path / "onnx")
+    tiny_model("lstm-luong-dot").config.to_json_file(tmp_path / "onnx" / "config.json")  # the model was changed
+    with pytest.raises(ValueError, match=r"encoder.onnx was exported from a model with another config "
+                                         r"\(attention_score='general' in the graph, 'dot' in config.json\)"):
+        ONNXTranslator(tmp_path / "onnx")
+    source = tmp_path / "source.txt"
+    source.write_text("el gato\n", encoding="utf-8")
+    assert run_translate(["--model", tmp_path / "onnx", "--backend", "onnx"], source, tmp_path / "out.txt") == 2
+    assert "exported from a model with another config" in capsys.readouterr().err
+
+
+def test_encoder_and_decoder_of_two_exports_are_refused(tmp_path):
+    for seed in (0, 1):
+        export_onnx(tiny_model("bigru-bahdanau", seed=seed), tmp_path / str(seed))
+    shutil.copy(tmp_path / "1" / "decoder.onnx", tmp_path / "0" / "decoder.onnx")
+    with pytest.raises(ValueError, match=r"encoder.onnx and .*decoder.onnx come from two different exports"):
+        ONNXTranslator(tmp_path / "0")
+
+
+def test_bad_sources_are_refused(exported):
+    _, translator = exported("lstm-luong-location")
+    input_ids, attention_mask = source_batch(length=13)
+    with pytest.raises(ValueError, match="Source length 13 exceeds max_source_positions=12"):
+        translator.generate(input_ids.numpy(), attention_mask.numpy())
+    with pytest.raises(ValueError, match="must be right-padded"):
+        translator.generate(np.array([[3, 0, 4]]), np.array([[1, 0, 1]]))
+    with pytest.raises(ValueError, match=r"token ids in \[0, 20\)"):
+        translator.generate(np.array([[3, 25]]))
