@@ -1,4 +1,4 @@
-"""Attention: four score functions and one masked softmax-and-sum.
+"""Attention: four score functions, Luong's local windows, and one masked softmax-and-sum.
 
 Shapes: B batch, S source length, T target steps scored at once (1 in generation), H decoder hidden size,
 K encoder output size, A additive-score hidden size.
@@ -6,6 +6,9 @@ K encoder output size, A additive-score hidden size.
 Every score module has the same two methods and holds no state between calls:
   `project_keys(keys (B, S, K)) -> projected keys`, computed once per source sentence;
   `forward(query (B, T, H), projected_keys) -> scores (B, T, S)`.
+Local attention (`ALIGNMENTS`) works on top of any score: its module gives the aligned position
+  `forward(query (B, T, H), steps (T,), lengths (B,)) -> p_t (B, T)`,
+and `local_window` turns the scores and `p_t` into the window's scores and mask.
 """
 
 import math
@@ -147,18 +150,80 @@ class LocationScore(nn.Module):
 SCORES = {"additive": AdditiveScore, "dot": DotScore, "general": GeneralScore, "location": LocationScore}
 
 
-def attend(scores, attention_mask, values):
-    """`alpha = softmax(scores)` over real source positions, `c_t = sum_i alpha_i h_i`.
+class MonotonicAlignment(nn.Module):
+    """Luong et al. 2015, section 3.2, local-m: `p_t = t`, as if source and target were monotonically aligned.
+
+    Positions count from 0, so the first target step looks around the first source word. Once t passes the
+    last real source position, `p_t` stays there: the window keeps real positions to attend to.
+    """
+
+    gaussian = False
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, query, steps, lengths):
+        return torch.minimum(steps.unsqueeze(0), lengths.unsqueeze(1) - 1)  # B x T
+
+
+class PredictiveAlignment(nn.Module):
+    """Luong et al. 2015, eq. 9, local-p: `p_t = S * sigmoid(v_p^T tanh(W_p h_t))`, S the real source length."""
+
+    gaussian = True
+
+    def __init__(self, config):
+        super().__init__()
+        self.W_p = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_p = nn.Linear(config.hidden_size, 1, bias=False)
+
+    def forward(self, query, steps, lengths):
+        return lengths.unsqueeze(1) * torch.sigmoid(self.v_p(torch.tanh(self.W_p(query)))).squeeze(-1)  # B x T
+
+
+ALIGNMENTS = {"local-m": MonotonicAlignment, "local-p": PredictiveAlignment}
+
+
+def local_window(scores, positions, window, gaussian):
+    """Luong et al. 2015, section 3.2: attention restricted to the source positions s in `[p_t - D, p_t + D]`.
+
+    With `gaussian` (local-p), eq. 10 multiplies the weights by `exp(-(s - p_t)^2 / (2 sigma^2))`, `sigma = D / 2`,
+    so that they favour positions near `p_t` and `p_t` learns from the loss. The paper leaves the product
+    unnormalised; here its logarithm is added to the scores, `softmax(e + log g) = softmax(e) g / sum(softmax(e) g)`,
+    which is the paper's product renormalised to sum to 1. Attention then stays a distribution, as global
+    attention's is (alignments, heatmaps and `sequence_attentions` read it as one), and `c_t` a weighted mean of
+    the `h_i`, on the scale the rest of the decoder sees with global attention.
+
+    Args:
+        scores: B x T x S.
+        positions: B x T, the aligned positions `p_t` (0-based).
+        window: D.
+        gaussian: whether to apply eq. 10's Gaussian.
+    Returns:
+        the scores (B x T x S) and the window, B x T x S, True inside; `attend` clips it to the real source.
+    """
+    distance = torch.arange(scores.size(-1), device=scores.device) - positions.unsqueeze(-1)  # B x T x S: s - p_t
+    if gaussian:
+        sigma = window / 2
+        scores = scores - distance.square() / (2 * sigma**2)  # e + log exp(-(s - p_t)^2 / (2 sigma^2))
+    return scores, distance.abs() <= window
+
+
+def attend(scores, attention_mask, values, window=None):
+    """`alpha = softmax(scores)` over real source positions (in the window, if given), `c_t = sum_i alpha_i h_i`.
 
     Args:
         scores: B x T x S.
         attention_mask: B x S, 1 for real tokens, 0 for padding.
         values: B x S x K, the encoder states h_i.
+        window: B x T x S, True for the positions of local attention's window (`local_window`); None for global
+            attention.
     Returns:
-        context B x T x K and weights alpha B x T x S (exactly 0 on padding).
+        context B x T x K and weights alpha B x T x S (exactly 0 on padding and outside the window).
     """
-    padding = (attention_mask == 0).unsqueeze(1)  # B x 1 x S
+    masked = (attention_mask == 0).unsqueeze(1)  # B x 1 x S
+    if window is not None:
+        masked = masked | ~window  # B x T x S
     # The dtype's minimum rather than -inf keeps a fully masked row finite.
-    scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(scores, dim=-1).masked_fill(padding, 0.0)  # B x T x S
+    scores = scores.masked_fill(masked, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1).masked_fill(masked, 0.0)  # B x T x S
     return torch.bmm(weights, values), weights  # B x T x K

@@ -1,7 +1,8 @@
 """Configuration of the RNN encoder-decoder with attention.
 
 The two seed architectures are two points in one space of orthogonal choices (cell, layers, direction,
-score, input feeding, decoder-state initialisation, output layer); `RNNAttnConfig.from_preset` names them.
+score, global or local attention, input feeding, decoder-state initialisation, output layer);
+`RNNAttnConfig.from_preset` names them.
 """
 
 import difflib
@@ -13,6 +14,7 @@ from transformers import GenerationConfig, PretrainedConfig
 
 RNN_CELLS = ("gru", "lstm")
 ATTENTION_SCORES = ("additive", "dot", "general", "location")
+ATTENTION_TYPES = ("global", "local-m", "local-p")
 DECODER_STATE_INITS = ("backward", "final", "zeros")
 DECODER_BRIDGES = ("auto", "linear", "none")
 OUTPUT_LAYERS = ("linear", "tanh")
@@ -98,6 +100,14 @@ class RNNAttnConfig(PretrainedConfig):
             (one score per source position up to `max_source_positions`; never looks at `h_i`).
         attention_hidden_size (`int`, *optional*): size of the additive score's hidden layer; defaults to
             `hidden_size`.
+        attention_type (`str`, defaults to `"global"`): which source positions step t attends to (Luong et al. 2015,
+            section 3.2), with any score. `"global"`: all of them. `"local-m"`: the window `[p_t - D, p_t + D]`
+            around `p_t = t` (0-based; once t passes the last real source position, that position).
+            `"local-p"`: the window around a predicted `p_t = S * sigmoid(v_p^T tanh(W_p h_t))` (S the real source
+            length), the scores also favouring positions near `p_t` with a Gaussian of `sigma = D / 2`. Both
+            windows are clipped to the real source; the weights always sum to 1 over the window.
+        local_window (`int`, defaults to 10): D, the half-width of the local window (Luong et al. use 10);
+            ignored by global attention.
         input_feeding (`bool`, defaults to `True`): feed the previous context `c_{t-1}` into the decoder
             RNN input, `[emb(y_{t-1}) ; c_{t-1}]`. `c_0` is a zero vector. Without it the decoder RNN does
             not depend on attention, and training runs the whole target through the RNN in one call.
@@ -140,6 +150,8 @@ class RNNAttnConfig(PretrainedConfig):
         bidirectional_encoder=True,
         attention_score="additive",
         attention_hidden_size=None,
+        attention_type="global",
+        local_window=10,
         input_feeding=True,
         decoder_state_init="backward",
         decoder_bridge="auto",
@@ -167,6 +179,8 @@ class RNNAttnConfig(PretrainedConfig):
         self.bidirectional_encoder = bidirectional_encoder
         self.attention_score = attention_score
         self.attention_hidden_size = hidden_size if attention_hidden_size is None else attention_hidden_size
+        self.attention_type = attention_type
+        self.local_window = local_window
         self.input_feeding = input_feeding
         self.decoder_state_init = decoder_state_init
         self.decoder_bridge = decoder_bridge
@@ -224,11 +238,12 @@ class RNNAttnConfig(PretrainedConfig):
         """Rejects impossible combinations with a message naming the valid values."""
         _check_choice("rnn_cell", self.rnn_cell, RNN_CELLS)
         _check_choice("attention_score", self.attention_score, ATTENTION_SCORES)
+        _check_choice("attention_type", self.attention_type, ATTENTION_TYPES)
         _check_choice("decoder_state_init", self.decoder_state_init, DECODER_STATE_INITS)
         _check_choice("decoder_bridge", self.decoder_bridge, DECODER_BRIDGES)
         _check_choice("output_layer", self.output_layer, OUTPUT_LAYERS)
         for name in ("vocab_size", "embedding_size", "hidden_size", "encoder_hidden_size", "encoder_layers",
-                     "decoder_layers", "attention_hidden_size"):
+                     "decoder_layers", "attention_hidden_size", "local_window"):
             _check_positive(name, getattr(self, name))
         for name in ("bidirectional_encoder", "input_feeding", "tie_word_embeddings", "use_cache"):
             _check_bool(name, getattr(self, name))

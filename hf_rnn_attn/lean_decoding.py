@@ -93,7 +93,7 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
                   max_active_rows=None, **model_kwargs):
     """transformers' greedy `_sample` loop: argmax until a stopping criterion holds; ended rows hold padding.
 
-    Rows leave as their sentences end. With `max_active_rows` (and a one-token decoder prompt), at most that
+    Rows leave as their sentences end. With `max_active_rows` (a one-token decoder prompt, not local-m), at most that
     many sentences decode at once, and those that end are replaced by the next waiting ones: batches of a fixed
     set run as long as their longest translation, the last steps with a few rows, which cost almost as much as
     full ones (the output layer's weights are read either way). Each row's computation is the same whenever it
@@ -112,7 +112,9 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
     limits = None
     if source_length_cap is not None:
         limits = source_length_limits(source_length_cap, waiting.mask, prompt_len)
-    if max_active_rows is None or prompt_len > 1:  # rows joining later would need their whole prompt first
+    # Rows joining later would need their whole prompt first; under local-m (`p_t = t`) they would also take the
+    # step count of the rows already decoding, which the state holds once for all rows (`seen_tokens`).
+    if max_active_rows is None or prompt_len > 1 or model.config.attention_type == "local-m":
         max_active_rows = batch_size
     lengths = torch.full((batch_size,), prompt_len, device=device)  # tokens in each sequence
     active = torch.zeros(0, dtype=torch.long, device=device)  # sentence of each row

@@ -20,7 +20,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import ModelOutput, logging
 
-from .attention import SCORES, attend
+from .attention import ALIGNMENTS, SCORES, attend, local_window
 from .configuration_rnn_attn import RNNAttnConfig
 from .lean_decoding import beam_search, greedy_search, lean_decoding_applies
 from .linear_cross_entropy import linear_cross_entropy
@@ -364,8 +364,9 @@ class RNNAttnDecoder(nn.Module):
     """Stacked GRU/LSTM decoder with attention over the encoder states.
 
     Step t: `h_t = RNN(x_t, state)` with `x_t = emb(y_{t-1})`, or `[emb(y_{t-1}) ; c_{t-1}]` with input feeding;
-    `alpha = softmax(score(h_t, h_i))` over real source positions; `c_t = sum_i alpha_i h_i`;
-    `o_t = [h_t ; c_t]`, or Luong's `tanh(W_c [h_t ; c_t])`. The caller maps `o_t` to logits.
+    `alpha = softmax(score(h_t, h_i))` over real source positions (local attention: those in a window around
+    `p_t`); `c_t = sum_i alpha_i h_i`; `o_t = [h_t ; c_t]`, or Luong's `tanh(W_c [h_t ; c_t])`. The caller maps
+    `o_t` to logits.
 
     `step` computes this as written; `_unroll_with_input_feeding` is the same computation, fused for teacher
     forcing (tests/test_modeling.py checks one against the other).
@@ -379,6 +380,8 @@ class RNNAttnDecoder(nn.Module):
         context_size = config.encoder_output_size if config.input_feeding else 0
         self.rnn = build_rnn(config, config.embedding_size + context_size, config.hidden_size, config.decoder_layers)
         self.score = SCORES[config.attention_score](config)
+        local = config.attention_type in ALIGNMENTS
+        self.aligned_position = ALIGNMENTS[config.attention_type](config) if local else None
         self.bridge = nn.Linear(config.encoder_state_size, config.hidden_size) if config.uses_bridge else None
         self.W_c = None
         if config.output_layer == "tanh":
@@ -443,12 +446,24 @@ class RNNAttnDecoder(nn.Module):
             top, final, lower_layers = run_rnn_layers(self.rnn, x, state.rnn_state())
         else:
             top, final = run_rnn(self.rnn, x, state.rnn_state())  # B x T x H: h_t
-        context, weights = attend(self.score(top, state.projected_keys), attention_mask, keys)  # B x T x K, B x T x S
+        context, weights = self.attention(top, state, keys, attention_mask)  # B x T x K, B x T x S
         new_state = RNNAttnState.from_rnn(final, context=context[:, -1] if self.config.input_feeding else None,
                                           projected_keys=state.projected_keys,
                                           seen_tokens=state.seen_tokens + embedded.size(1))
         layers = (*lower_layers, top) if output_hidden_states else None
         return self.output(top, context), weights, new_state, layers
+
+    def attention(self, top, state, keys, attention_mask, step=0):
+        """Context `c_t` (B x T x K) and weights (B x T x S) for `h_t` (B x T x H), the target steps that follow
+        the `state.seen_tokens + step` tokens already consumed; the step index matters to local-m's `p_t = t`."""
+        scores = self.score(top, state.projected_keys)  # B x T x S
+        if self.aligned_position is None:
+            return attend(scores, attention_mask, keys)
+        steps = state.seen_tokens + step + torch.arange(top.size(1), device=top.device)  # T: t, from 0
+        # The real source length, not the padded one, places local-p's p_t and clips local-m's.
+        positions = self.aligned_position(top, steps, attention_mask.sum(dim=1))  # B x T: p_t
+        scores, window = local_window(scores, positions, self.config.local_window, self.aligned_position.gaussian)
+        return attend(scores, attention_mask, keys, window)
 
     def output(self, top, context):
         """`o_t` from `h_t` (B x T x H) and `c_t` (B x T x K)."""
@@ -476,7 +491,7 @@ class RNNAttnDecoder(nn.Module):
         layer_states = list(zip(*(s.unbind(1) for s in state.rnn_state())))  # L x ((h,) or (h, c), B x H each)
         context = state.context  # B x K
         tops, contexts, weights, lower_layers = [], [], [], []
-        for step_gates in embedded_gates:
+        for step, step_gates in enumerate(embedded_gates):
             gates = step_gates + F.linear(context, weight_context)
             for layer in range(num_layers):
                 if layer > 0:
@@ -485,8 +500,8 @@ class RNNAttnDecoder(nn.Module):
                 layer_states[layer] = cell_step(gates, *layer_states[layer], getattr(rnn, f"weight_hh_l{layer}"),
                                                 getattr(rnn, f"bias_hh_l{layer}"))
             top = layer_states[-1][0]  # B x H
-            step_context, step_weights = attend(self.score(top.unsqueeze(1), state.projected_keys),
-                                                attention_mask, keys)  # B x 1 x K, B x 1 x S
+            step_context, step_weights = self.attention(top.unsqueeze(1), state, keys, attention_mask,
+                                                        step)  # B x 1 x K, B x 1 x S
             context = step_context.squeeze(1)
             tops.append(top)
             contexts.append(context)

@@ -296,12 +296,10 @@ class ONNXTranslator:
             running_lengths[active] = np.take_along_axis(topk_lengths, keep, axis=1)
             beam_rows = np.take_along_axis(topk_rows, keep, axis=1).reshape(-1)
 
-            # Ended candidates among the N best join the finished hypotheses if they beat them.
+            # Ended candidates among the N best join the finished hypotheses if they beat them. (transformers also
+            # bars closed sentences here; those have left the batch.)
             just_finished = hits_stop & top_num_beams[None, :]
             finished_scores = topk_scores / np.float32((cur_len + 1 - prompt_len) ** length_penalty)
-            all_finished = finished[active].all(axis=-1, keepdims=True) & (early_stopping is True)
-            finished_scores = finished_scores + all_finished.astype(np.float32) * NEG_INF
-            finished_scores = finished_scores + (~open_sentence[active]).astype(np.float32) * NEG_INF
             finished_scores = finished_scores + (~just_finished).astype(np.float32) * NEG_INF
             merged_scores = np.concatenate([scores[active], finished_scores], axis=1)
             best = _top_k(merged_scores, num_beams)

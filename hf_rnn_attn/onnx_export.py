@@ -109,8 +109,8 @@ def export_onnx(model, output_dir, tokenizer=None, int8=False):
         The paths of the graphs written.
 
     Raises:
-        `FileNotFoundError` / `ValueError` for a folder that holds no saved hf_rnn_attn model, and `RuntimeError`
-        when an exported graph disagrees with the model.
+        `FileNotFoundError` / `ValueError` for a folder that holds no saved hf_rnn_attn model, `ValueError` for a
+        local-m model, and `RuntimeError` when an exported graph disagrees with the model.
     """
     if isinstance(model, (str, Path)):
         folder = check_model_folder(model)
@@ -119,6 +119,12 @@ def export_onnx(model, output_dir, tokenizer=None, int8=False):
             raise ValueError(f"{folder} holds a {model_type!r} model, not an hf_rnn_attn (rnn_attn) one.")
         model = AutoModelForSeq2SeqLM.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder) if tokenizer is None else tokenizer
+    if model.config.attention_type == "local-m":
+        # The traced step would keep the step index it was traced with; the export check could miss it whenever
+        # the window spans its short example source.
+        raise ValueError("ONNX export does not support attention_type='local-m': its window follows the target step "
+                         "(p_t = t), which the decoder-step graph does not take as an input. 'global' and 'local-p' "
+                         "models export.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = _traceable(model)
@@ -190,11 +196,12 @@ def _quiet_tracing():
 
 
 def _export_graphs(model, encoder_path, decoder_path, metadata):
-    encoder, input_ids, attention_mask = EncoderGraph(model), *_example_batch(model.config, 2, 4)
+    # In eval mode: the exporter puts the wrapper back in the mode it found it in, and the model with it.
+    encoder, input_ids, attention_mask = EncoderGraph(model).eval(), *_example_batch(model.config, 2, 4)
     with torch.no_grad():
         keys, *state = encoder(input_ids, attention_mask)
         template = model.get_decoder().initial_state(model.get_encoder()(input_ids, attention_mask, return_dict=True))
-    decoder = DecoderStepGraph(model, template)
+    decoder = DecoderStepGraph(model, template).eval()
     state_names = list(template.tensors())  # projected_keys, then the recurrent state
     batch, source = {0: "batch"}, {0: "batch", 1: "source_length"}
     axes = {"input_ids": source, "attention_mask": source, "keys": source, "projected_keys": source,

@@ -3,19 +3,27 @@
 Usage:
     python scripts/benchmark.py                       # both presets, default sizes
     python scripts/benchmark.py --presets lstm-luong --batch_size 32 --hidden_size 512 --steps 10
+    python scripts/benchmark.py --presets bigru-bahdanau --translation_model runs/bigru-bahdanau/model \
+        --sentences test.src.txt --references test.ref.txt --max_sentences 1000    # the backends on real text
 
 Prints target tokens per second for a teacher-forced training step (forward + backward + Adam) and
 for greedy / beam generation, the cost of generate() over the package's own greedy loop at batch 1, and
-peak resident memory. Numbers depend on the machine: the CPU is printed with them. For the comparison with
+peak resident memory; generation also int8 (torch.ao) and on the exported ONNX graphs (fp32, int8).
+With --translation_model, times `hf-rnn-attn translate` on each backend (PyTorch, ONNX, each fp32 and int8):
+sentences/s for greedy and beam search at batch 1 and 64, process start included, the process's peak memory, and
+BLEU against --references. Numbers depend on the machine: the CPU is printed with them. For the comparison with
 OpenNMT-py on the real corpus, see scripts/benchmark_peers.py.
 """
 
 import copy
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, StoppingCriteriaList
@@ -23,6 +31,14 @@ from transformers.generation.stopping_criteria import MaxLengthCriteria
 
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
 from hf_rnn_attn.lean_decoding import greedy_search
+from hf_rnn_attn.metrics import load_translation_metric
+from hf_rnn_attn.onnx import ONNXTranslator
+from hf_rnn_attn.onnx_export import export_onnx
+from hf_rnn_attn.quantization import quantize_int8
+
+# (name, `hf-rnn-attn translate` arguments, whether --translation_model is exported first)
+BACKENDS = [("torch", [], False), ("torch int8", ["--int8"], False), ("onnx", ["--backend", "onnx"], True),
+            ("onnx int8", ["--backend", "onnx", "--int8"], True)]
 
 
 @dataclass
@@ -36,6 +52,12 @@ class BenchmarkArguments:
     target_length: int = 40
     steps: int = 5
     num_beams: int = 5
+    translation_model: str | None = field(default=None, metadata={"help": "a trained model folder: time "
+                                                                         "`hf-rnn-attn translate` on each backend"})
+    sentences: str | None = field(default=None, metadata={"help": "source sentences, one per line"})
+    references: str | None = field(default=None, metadata={"help": "their reference translations, for BLEU"})
+    max_sentences: int = 100
+    max_new_tokens: int = 200
 
 
 def random_batch(args, generator):
@@ -71,14 +93,10 @@ def benchmark(preset, args):
         loss.backward()
         optimizer.step()
 
-    def generate(num_beams):
-        model.eval()
-        with torch.inference_mode():
-            model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
-                           max_new_tokens=args.target_length)
-
     tokens = args.batch_size * args.target_length
     train_seconds = timed(train_step, args.steps)
+    model.eval()
+    generate = generator(model, input_ids, attention_mask, args)
     greedy_seconds = timed(lambda: generate(1), max(1, args.steps // 2))
     beam_seconds = timed(lambda: generate(args.num_beams), 1)
     single_generate, single_loop = batch_one_seconds(model, input_ids[:1], args.target_length)
@@ -86,6 +104,29 @@ def benchmark(preset, args):
           f"train {tokens / train_seconds:8.0f} tgt tok/s | greedy {tokens / greedy_seconds:8.0f} tok/s | "
           f"beam{args.num_beams} {tokens / beam_seconds:7.0f} tok/s | batch 1: generate() "
           f"{1000 * single_generate:5.1f} ms, own loop {1000 * single_loop:5.1f} ms ({single_generate / single_loop:.2f}x)")
+    quantized = quantize_int8(model)
+    with tempfile.TemporaryDirectory() as folder:
+        export_onnx(model, folder, int8=True)
+        for name, generate in (("torch int8", generator(quantized, input_ids, attention_mask, args)),
+                               ("onnx", generator(ONNXTranslator(folder), input_ids, attention_mask, args)),
+                               ("onnx int8", generator(ONNXTranslator(folder, int8=True), input_ids, attention_mask,
+                                                       args))):
+            greedy_seconds = timed(lambda: generate(1), max(1, args.steps // 2))
+            beam_seconds = timed(lambda: generate(args.num_beams), 1)
+            print(f"{'':16s} {name:10s} greedy {tokens / greedy_seconds:8.0f} tok/s | "
+                  f"beam{args.num_beams} {tokens / beam_seconds:7.0f} tok/s")
+
+
+def generator(model, input_ids, attention_mask, args):
+    """`generate(num_beams)` on the benchmark batch, with a PyTorch model or an `ONNXTranslator`."""
+    if isinstance(model, ONNXTranslator):
+        input_ids, attention_mask = input_ids.numpy(), attention_mask.numpy()
+
+    def generate(num_beams):
+        with torch.inference_mode():
+            model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
+                           max_new_tokens=args.target_length)
+    return generate
 
 
 def batch_one_seconds(model, input_ids, new_tokens, repeats=20):
@@ -116,8 +157,55 @@ def cpu_description():
     return f"{fields.get('Model name', 'unknown CPU').strip()} ({', '.join(present) or 'no AVX2'})"
 
 
+def translation_rows(args):
+    """`hf-rnn-attn translate` on --sentences with each backend, in a fresh process each (start included)."""
+    lines = Path(args.sentences).read_text(encoding="utf-8").splitlines()[:args.max_sentences]
+    references = Path(args.references).read_text(encoding="utf-8").splitlines()[:len(lines)] \
+        if args.references else None
+    metric = load_translation_metric() if references else None
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        source = work / "source.txt"
+        source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        (work / "empty.txt").write_text("", encoding="utf-8")
+        export_onnx(args.translation_model, work / "onnx", int8=True)
+        print(f"hf-rnn-attn translate, {len(lines)} sentences, max_new_tokens {args.max_new_tokens}: sentences/s "
+              f"(process start included), peak RSS of the process" + (", BLEU" if metric else ""))
+        for name, options, exported in BACKENDS:
+            command = [sys.executable, "-m", "hf_rnn_attn.cli", "translate", "--model",
+                       str(work / "onnx" if exported else args.translation_model), *options]
+            start_seconds, start_rss = run_timed([*command, "--input", str(work / "empty.txt")])
+            cells = []
+            for num_beams in (1, args.num_beams):
+                for batch_size in (1, 64):
+                    output = work / f"{name}-{num_beams}-{batch_size}.txt".replace(" ", "-")
+                    seconds, rss = run_timed([*command, "--input", str(source), "--output", str(output),
+                                              "--num_beams", str(num_beams), "--batch_size", str(batch_size),
+                                              "--max_new_tokens", str(args.max_new_tokens)])
+                    cell = f"{'greedy' if num_beams == 1 else f'beam{num_beams}'} b{batch_size} " \
+                           f"{len(lines) / seconds:6.1f}/s {rss:4.0f} MiB"
+                    if metric and batch_size == 64:
+                        hypotheses = output.read_text(encoding="utf-8").splitlines()
+                        cell += f" BLEU {metric.compute(predictions=hypotheses, references=references)['bleu']:.2f}"
+                    cells.append(cell)
+            print(f"{name:10s} start {start_seconds:4.1f} s {start_rss:4.0f} MiB | " + " | ".join(cells))
+
+
+def run_timed(command):
+    """Wall seconds and peak resident MiB of `command`, which must succeed."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
 def main(argv=None):
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    if (args.translation_model is None) != (args.sentences is None):
+        raise ValueError("--translation_model and --sentences go together.")
     print(f"CPU: {cpu_description()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"S={args.source_length}, T={args.target_length}, V={args.vocab_size}, E={args.embedding_size}, "
@@ -125,6 +213,8 @@ def main(argv=None):
     for preset in args.presets:
         benchmark(preset, args)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.translation_model is not None:
+        translation_rows(args)
 
 
 if __name__ == "__main__":

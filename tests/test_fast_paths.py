@@ -8,7 +8,9 @@ from hf_rnn_attn import modeling_rnn_attn
 from hf_rnn_attn import attention
 from hf_rnn_attn.attention import AdditiveScoreFunction
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
-from tiny_models import VARIANTS, source_batch, tiny_model
+from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
+
+ALL_VARIANTS = [*VARIANTS, *LOCAL_VARIANTS]
 
 
 def loss_and_gradients(model, **inputs):
@@ -75,7 +77,7 @@ GENERATION_CASES = {
 
 
 @pytest.mark.parametrize("case", list(GENERATION_CASES))
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_lean_decoding_gives_the_tokens_of_transformers_loops(variant, case, monkeypatch):
     calls = []
     for name in ("greedy_search", "beam_search"):
@@ -157,7 +159,7 @@ def test_additive_score_recomputing_tanh_equals_autograd(workspace_elements, mon
     assert torch.autograd.gradcheck(AdditiveScoreFunction.apply, (query.double(), keys.double(), v.double()))
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_refilled_greedy_search_gives_the_tokens_of_transformers_loop(variant):
     model = tiny_model(variant, eos_token_id=3)
     input_ids, attention_mask = source_batch(batch_size=3)

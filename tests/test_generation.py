@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import TextStreamer
 
-from tiny_models import VARIANTS, source_batch, tiny_model
+from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
 
-ALL_VARIANTS = list(VARIANTS)
+ALL_VARIANTS = [*VARIANTS, *LOCAL_VARIANTS]
 
 
 def up_to_eos(model, sequences):
@@ -69,7 +69,8 @@ def test_no_repeat_ngram_size_is_respected():
         assert len(bigrams) == len(set(bigrams))
 
 
-@pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-location"])
+@pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-location", "lstm-luong-local-m-general",
+                                     "bigru-local-p-additive"])
 def test_sampling_is_seeded_and_respects_top_k(variant):
     model = tiny_model(variant)
     input_ids, attention_mask = source_batch()

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
-from hf_rnn_attn.configuration_rnn_attn import ATTENTION_SCORES, RNN_CELLS
+from hf_rnn_attn.configuration_rnn_attn import ATTENTION_SCORES, ATTENTION_TYPES, RNN_CELLS
 from hf_rnn_attn.modeling_rnn_attn import shift_tokens_right
-from tiny_models import TINY, VARIANTS, source_batch, tiny_model
+from tiny_models import LOCAL_VARIANTS, TINY, VARIANTS, source_batch, tiny_model
 
-ALL_VARIANTS = list(VARIANTS)
+ALL_VARIANTS = [*VARIANTS, *LOCAL_VARIANTS]
 # Every cell, score and input feeding choice, on 2-layer decoders; K = H = 16 so that the dot score fits.
 DESIGN_POINTS = [(cell, score, input_feeding) for cell in RNN_CELLS for score in ATTENTION_SCORES
                  for input_feeding in (True, False)]
@@ -43,15 +43,17 @@ def test_step_by_step_decoding_equals_teacher_forced_pass(variant):
     torch.testing.assert_close(torch.cat(step_weights, dim=2), full.cross_attentions[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 @pytest.mark.parametrize("rnn_cell, attention_score, input_feeding", DESIGN_POINTS)
-def test_teacher_forced_pass_equals_the_plain_step(rnn_cell, attention_score, input_feeding):
+def test_teacher_forced_pass_equals_the_plain_step(rnn_cell, attention_score, input_feeding, attention_type):
     """The fast teacher-forced pass (the fused unroll with input feeding, one RNN call without) against the plain
-    step, token by token, which runs PyTorch's own `nn.GRU`/`nn.LSTM`: outputs, attention, state and gradients."""
+    step, token by token, which runs PyTorch's own `nn.GRU`/`nn.LSTM`: outputs, attention, state and gradients
+    (local attention's too: local-m's window moves with the step, local-p's with the predicted position)."""
     torch.manual_seed(0)
     preset, encoder_hidden_size = ("bigru-bahdanau", 8) if rnn_cell == "gru" else ("lstm-luong", 16)
     config = RNNAttnConfig.from_preset(preset, **TINY, attention_score=attention_score, input_feeding=input_feeding,
                                        encoder_hidden_size=encoder_hidden_size, encoder_layers=2, decoder_layers=2,
-                                       max_source_positions=12)
+                                       max_source_positions=12, attention_type=attention_type, local_window=1)
     model = RNNAttnForConditionalGeneration(config).eval()
     decoder = model.get_decoder()
     input_ids, attention_mask = source_batch()

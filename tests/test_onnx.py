@@ -28,6 +28,16 @@ def sequence_log_probs(model, input_ids, attention_mask, sequences):
     return token_log_probs.masked_fill((is_eos.cumsum(1) - is_eos) > 0, 0.0).sum(1)
 
 
+def lively_model(variant):
+    """A tiny model with large weights and a push towards EOS. The default initialisation repeats one token and
+    never ends; this one gives input-dependent outputs that end at different steps, so that the EOS,
+    finished-hypothesis and early-stop rules of the search all run."""
+    model = tiny_model(variant, seed=2, init_range=1.0)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] += 1.5
+    return model
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """variant -> (model, ONNXTranslator), each exported once."""
@@ -35,7 +45,7 @@ def exported(tmp_path_factory):
 
     def get(variant):
         if variant not in cache:
-            model = tiny_model(variant, seed=2)
+            model = lively_model(variant)
             folder = tmp_path_factory.mktemp(variant)
             export_onnx(model, folder)
             cache[variant] = model, ONNXTranslator(folder)
@@ -59,9 +69,10 @@ def test_greedy_search_equals_generate(variant, exported):
 def test_beam_search_equals_generate(variant, exported):
     model, translator = exported(variant)
     input_ids, attention_mask = source_batch(**BATCH)
-    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=5, max_new_tokens=15,
-                              output_scores=True, return_dict_in_generate=True)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), num_beams=5, max_new_tokens=15)
+    settings = {"num_beams": 5, "num_return_sequences": 5, "max_new_tokens": 15}  # all beams, not only the best
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
+                              return_dict_in_generate=True)
+    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings)
     np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
     np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-4, rtol=0)
 
@@ -74,7 +85,7 @@ def test_beam_search_equals_generate(variant, exported):
 ])
 def test_beam_search_rules_equal_generate(settings, exported):
     """Length penalty, the three early-stopping rules, several returned sequences, and the length limit."""
-    model, translator = exported("lstm-luong-general")
+    model, translator = exported("lstm-input-feeding-bidirectional")
     input_ids, attention_mask = source_batch(**BATCH)
     settings = {"num_beams": 4, "max_new_tokens": 12, **settings}
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,

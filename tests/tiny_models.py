@@ -1,4 +1,4 @@
-"""Tiny configurations covering both presets, all four scores and mixed variants."""
+"""Tiny configurations covering both presets, all four scores, mixed variants and local attention."""
 
 import torch
 
@@ -24,9 +24,22 @@ VARIANTS = {
                                                              "max_source_positions": 12}),
 }
 
+# Luong's local attention on several scores, with and without input feeding. The windows are narrower than the
+# sources of `source_batch`, so that they cut. Not in VARIANTS: the ONNX export refuses local-m.
+LOCAL_VARIANTS = {
+    "lstm-luong-local-m-general": ("lstm-luong", {"attention_type": "local-m", "local_window": 1}),
+    "lstm-luong-local-p-general": ("lstm-luong", {"attention_type": "local-p", "local_window": 2,
+                                                  "input_feeding": True}),
+    "lstm-luong-local-p-location": ("lstm-luong", {"attention_type": "local-p", "local_window": 1,
+                                                   "attention_score": "location", "max_source_positions": 12}),
+    "bigru-local-m-dot": ("bigru-bahdanau", {"attention_type": "local-m", "local_window": 2,
+                                             "attention_score": "dot", "encoder_hidden_size": 8}),
+    "bigru-local-p-additive": ("bigru-bahdanau", {"attention_type": "local-p", "local_window": 1}),
+}
+
 
 def tiny_config(variant, **overrides):
-    preset, variant_overrides = VARIANTS[variant]
+    preset, variant_overrides = {**VARIANTS, **LOCAL_VARIANTS}[variant]
     return RNNAttnConfig.from_preset(preset, **{**TINY, **variant_overrides, **overrides})
 
 
