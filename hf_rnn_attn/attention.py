@@ -7,8 +7,9 @@ Every score module has the same two methods and holds no state between calls:
   `project_keys(keys (B, S, K)) -> projected keys`, computed once per source sentence;
   `forward(query (B, T, H), projected_keys) -> scores (B, T, S)`.
 Local attention (`ALIGNMENTS`) works on top of any score: its module gives the aligned position
-  `forward(query (B, T, H), steps (T,), lengths (B,)) -> p_t (B, T)`,
-and `local_window` turns the scores and `p_t` into the window's scores and mask.
+  `forward(query (B, T, H), steps t (T,), real source lengths (B,)) -> p_t (B, T)`,
+and `local_window` turns the scores and `p_t` into the window's scores and mask. As in the paper, target steps
+and source positions count from 1.
 """
 
 import math
@@ -153,8 +154,7 @@ SCORES = {"additive": AdditiveScore, "dot": DotScore, "general": GeneralScore, "
 class MonotonicAlignment(nn.Module):
     """Luong et al. 2015, section 3.2, local-m: `p_t = t`, as if source and target were monotonically aligned.
 
-    Positions count from 0, so the first target step looks around the first source word. Once t passes the
-    last real source position, `p_t` stays there: the window keeps real positions to attend to.
+    Once t passes the last real source position S, `p_t = S`: the window keeps real positions to attend to.
     """
 
     gaussian = False
@@ -163,7 +163,7 @@ class MonotonicAlignment(nn.Module):
         super().__init__()
 
     def forward(self, query, steps, lengths):
-        return torch.minimum(steps.unsqueeze(0), lengths.unsqueeze(1) - 1)  # B x T
+        return torch.minimum(steps.unsqueeze(0), lengths.unsqueeze(1))  # B x T
 
 
 class PredictiveAlignment(nn.Module):
@@ -195,13 +195,14 @@ def local_window(scores, positions, window, gaussian):
 
     Args:
         scores: B x T x S.
-        positions: B x T, the aligned positions `p_t` (0-based).
+        positions: B x T, the aligned positions `p_t` (source positions count from 1).
         window: D.
         gaussian: whether to apply eq. 10's Gaussian.
     Returns:
         the scores (B x T x S) and the window, B x T x S, True inside; `attend` clips it to the real source.
     """
-    distance = torch.arange(scores.size(-1), device=scores.device) - positions.unsqueeze(-1)  # B x T x S: s - p_t
+    source_positions = torch.arange(1, scores.size(-1) + 1, device=scores.device)  # S: s, from 1
+    distance = source_positions - positions.unsqueeze(-1)  # B x T x S: s - p_t
     if gaussian:
         sigma = window / 2
         scores = scores - distance.square() / (2 * sigma**2)  # e + log exp(-(s - p_t)^2 / (2 sigma^2))

@@ -5,10 +5,13 @@ Usage:
     hf-rnn-attn translate --model outputs/es-en --input source.txt --output translations.txt \
         --batch_size 64 --num_beams 5 --max_new_tokens 128 --max_source_length 128
     hf-rnn-attn translate --model outputs/es-en --input source.txt --attention_dir heatmaps --alignments source.align
+    hf-rnn-attn translate --model outputs/es-en --ensemble outputs/es-en-seed2 --num_beams 5 --coverage_penalty 0.2
     hf-rnn-attn export --model outputs/es-en --output outputs/es-en-onnx [--int8]
     hf-rnn-attn translate --backend onnx [--int8] --model outputs/es-en-onnx < source.txt > translations.txt
     hf-rnn-attn push --folder outputs/es-en --repo_id user/rnn-attn-es-en --dry_run
     hf-rnn-attn push --folder outputs/es-en --repo_id user/rnn-attn-es-en [--private]
+    hf-rnn-attn average --run_dir outputs/es-en-run --last 5 --output outputs/es-en-averaged
+    hf-rnn-attn average --checkpoints RUN/checkpoint-9000 RUN/checkpoint-10000 --output outputs/es-en-averaged
 
 `translate` writes exactly one line per input line (an empty line for an empty one); `--output` is replaced
 only once every translation is written. Errors print one line to stderr and exit with status 2 (bad model folder,
@@ -32,7 +35,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 BACKENDS = ("torch", "onnx")
 # What the onnx backend does not do: it records no attention and runs on onnxruntime's CPU provider.
-TORCH_ONLY_OPTIONS = ("device", "attention_dir", "alignments", "source_length_cap")
+TORCH_ONLY_OPTIONS = ("device", "attention_dir", "alignments", "source_length_cap", "coverage_penalty", "ensemble")
 
 
 class CommandError(Exception):
@@ -49,7 +52,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser():
     parser = OneLineErrorParser(prog="hf-rnn-attn", description=__doc__.split("\n\n")[0])
-    subcommands = parser.add_subparsers(dest="command", required=True, metavar="{translate,export,push}")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="{translate,export,push,average}")
 
     translate = subcommands.add_parser("translate", help="Translate lines of text with a saved model.")
     translate.add_argument("--model", required=True, help="Folder of a saved model (config.json, weights, tokenizer).")
@@ -75,6 +78,15 @@ def build_parser():
     translate.add_argument("--backend", choices=BACKENDS, default="torch",
                            help="torch: the PyTorch model (default); onnx: the graphs of `hf-rnn-attn export` in "
                                 "--model, on onnxruntime.")
+    translate.add_argument("--ensemble", nargs="+", metavar="FOLDER", default=None,
+                           help="More saved models, trained with the same tokenizer, to decode with --model as one "
+                                "ensemble (the mean of their log-probabilities at each step).")
+    translate.add_argument("--length_penalty", type=float, default=None,
+                           help="Beam search ranks finished translations by log-probability / length ** this "
+                                "(default: the model's generation_config, 1.0: the mean per token; 0: the sum).")
+    translate.add_argument("--coverage_penalty", type=float, default=None, metavar="BETA",
+                           help="Beam search adds GNMT's coverage penalty, BETA x sum over source tokens of "
+                                "log(min(attention received, 1)), to finished translations (e.g. 0.2; default: none).")
     translate.add_argument("--int8", action="store_true",
                            help="Run in int8: torch.ao dynamic quantisation of the PyTorch model, or the int8 graphs "
                                 "of `hf-rnn-attn export --int8`.")
@@ -92,6 +104,15 @@ def build_parser():
     push.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; upload nothing.")
     push.add_argument("--private", action="store_true", help="Create the repository as private.")
     push.set_defaults(run=run_push)
+
+    average = subcommands.add_parser("average", help="Average the weights of checkpoints into a new model folder.")
+    sources = average.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--checkpoints", nargs="+", help="Saved model folders; the last one listed gives the config, "
+                                                          "generation config and tokenizer.")
+    sources.add_argument("--run_dir", help="A Trainer run folder: average its last --last checkpoint-* folders.")
+    average.add_argument("--last", type=_positive_int, help="With --run_dir: how many checkpoints, the newest ones.")
+    average.add_argument("--output", required=True, help="New folder to write (an existing one is never overwritten).")
+    average.set_defaults(run=run_average)
     return parser
 
 
@@ -135,7 +156,8 @@ def run_translate(args):
         raise CommandError(f"{', '.join(unsupported)} work only with --backend torch.")
     try:
         if args.backend == "torch":
-            check_model_folder(args.model)
+            for folder in [args.model, *(args.ensemble or [])]:
+                check_model_folder(folder)
     except (OSError, ValueError) as error:
         raise CommandError(error) from error
     lines = _read_lines(args.input)
@@ -148,7 +170,8 @@ def run_translate(args):
         raise CommandError("--source_length_cap works only without --attention_dir and --alignments.")
     translator = _load_translator(args)
     generate_kwargs = {name: getattr(args, name) for name in ("num_beams", "max_new_tokens", "max_source_length",
-                                                              "source_length_cap")
+                                                              "source_length_cap", "length_penalty",
+                                                              "coverage_penalty")
                        if getattr(args, name) is not None}
     if args.max_source_length is not None:
         generate_kwargs["truncation"] = True
@@ -259,7 +282,13 @@ def _load_translator(args):
             from .onnx import ONNXTranslator  # onnxruntime only when asked for
 
             return ONNXTranslator(args.model, int8=args.int8)
-        translator = translation_pipeline(args.model, device="cpu" if args.int8 else args.device)
+        device = "cpu" if args.int8 else args.device
+        if args.ensemble:
+            from .ensemble import load_ensemble
+
+            translator = translation_pipeline(*load_ensemble([args.model, *args.ensemble]), device=device)
+        else:
+            translator = translation_pipeline(args.model, device=device)
     except (OSError, ValueError, KeyError) as error:
         raise CommandError(f"cannot load a model from {args.model}: {error}") from error
     if args.int8:
@@ -302,6 +331,24 @@ def run_push(args):
         print("\n".join(files))
     else:
         print(f"Uploaded {len(files)} files to https://huggingface.co/{args.repo_id}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- average
+
+def run_average(args):
+    from .averaging import average_checkpoints, last_checkpoints
+
+    if (args.run_dir is None) != (args.last is None):
+        raise CommandError("--last goes with --run_dir (and --run_dir needs --last).")
+    transformers_logging.disable_progress_bar()
+    try:
+        checkpoints = args.checkpoints or last_checkpoints(args.run_dir, args.last)
+        average_checkpoints(checkpoints, args.output)
+    except (OSError, ValueError) as error:
+        raise CommandError(error) from error
+    print(f"Wrote the average of {', '.join(Path(path).name for path in checkpoints)} to {args.output}.",
+          file=sys.stderr)
     return 0
 
 

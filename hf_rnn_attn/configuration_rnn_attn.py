@@ -23,13 +23,13 @@ PRESETS = {
     # Bahdanau et al. 2015: BiGRU encoder, GRU decoder fed [emb(y_{t-1}); c_{t-1}], additive score,
     # decoder started from the backward GRU's state at source position 1, logits = W_o [h_t; c_t] + b_o.
     "bigru-bahdanau": dict(rnn_cell="gru", encoder_layers=1, decoder_layers=1, bidirectional_encoder=True,
-                           attention_score="additive", input_feeding=True, decoder_state_init="backward",
-                           output_layer="linear"),
+                           attention_score="additive", attention_type="global", input_feeding=True,
+                           decoder_state_init="backward", output_layer="linear"),
     # Luong et al. 2015 (global attention): 2-layer LSTMs, decoder started from the encoder's final (h, c),
     # attention after the RNN, o_t = [h_t; c_t] through tanh(W_c o_t) before the softmax.
     "lstm-luong": dict(rnn_cell="lstm", encoder_layers=2, decoder_layers=2, bidirectional_encoder=False,
-                       attention_score="general", input_feeding=False, decoder_state_init="final",
-                       output_layer="tanh"),
+                       attention_score="general", attention_type="global", input_feeding=False,
+                       decoder_state_init="final", output_layer="tanh"),
 }
 
 
@@ -101,11 +101,12 @@ class RNNAttnConfig(PretrainedConfig):
         attention_hidden_size (`int`, *optional*): size of the additive score's hidden layer; defaults to
             `hidden_size`.
         attention_type (`str`, defaults to `"global"`): which source positions step t attends to (Luong et al. 2015,
-            section 3.2), with any score. `"global"`: all of them. `"local-m"`: the window `[p_t - D, p_t + D]`
-            around `p_t = t` (0-based; once t passes the last real source position, that position).
-            `"local-p"`: the window around a predicted `p_t = S * sigmoid(v_p^T tanh(W_p h_t))` (S the real source
-            length), the scores also favouring positions near `p_t` with a Gaussian of `sigma = D / 2`. Both
-            windows are clipped to the real source; the weights always sum to 1 over the window.
+            section 3.2; steps and positions count from 1), with any score. `"global"`: all of them. `"local-m"`:
+            the window `[p_t - D, p_t + D]` around `p_t = t` (or the last real source position, once t is past
+            it). `"local-p"`: the window around a predicted `p_t = S * sigmoid(v_p^T tanh(W_p h_t))` (S the real
+            source length), the weights multiplied by `exp(-(s - p_t)^2 / (2 sigma^2))`, `sigma = D / 2`, and
+            renormalised (the paper does not renormalise; see the README). Both windows are clipped to the real
+            source, and the weights sum to 1 over the window.
         local_window (`int`, defaults to 10): D, the half-width of the local window (Luong et al. use 10);
             ignored by global attention.
         input_feeding (`bool`, defaults to `True`): feed the previous context `c_{t-1}` into the decoder

@@ -39,14 +39,14 @@ def lean_decoding_applies(logits_processor, stopping_criteria, generation_config
 class ActiveRows:
     """The decoder inputs of the rows still decoding: state, keys and source mask, shrunk as sentences end."""
 
-    def __init__(self, model, model_kwargs):
+    def __init__(self, model, model_kwargs, track_coverage=False):
         encoder_outputs = model_kwargs["encoder_outputs"]
         self.model = model
         self.keys = encoder_outputs.last_hidden_state  # R x S x K
         self.mask = model_kwargs.get("attention_mask")
         if self.mask is None:
             self.mask = self.keys.new_ones(self.keys.shape[:2], dtype=torch.long)
-        self.state = model.model.decoder.initial_state(encoder_outputs)
+        self.state = model.model.decoder.initial_state(encoder_outputs, track_coverage=track_coverage)
 
     def next_logits(self, tokens):
         """Logits of the next token (R x V, float32) after feeding `tokens`: R x P (the prompt) or R (one step)."""
@@ -90,7 +90,7 @@ def source_length_limits(source_length_cap, attention_mask, prompt_len, rows_per
 
 @torch.no_grad()
 def greedy_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None,
-                  max_active_rows=None, **model_kwargs):
+                  max_active_rows=None, rows_class=ActiveRows, **model_kwargs):
     """transformers' greedy `_sample` loop: argmax until a stopping criterion holds; ended rows hold padding.
 
     Rows leave as their sentences end. With `max_active_rows` (a one-token decoder prompt, not local-m), at most that
@@ -98,7 +98,7 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
     set run as long as their longest translation, the last steps with a few rows, which cost almost as much as
     full ones (the output layer's weights are read either way). Each row's computation is the same whenever it
     joins. The stopping criteria, EOS and max_length only (`lean_decoding_applies`), hold per row, at each row's
-    own length.
+    own length. `rows_class`: `ActiveRows`, or an ensemble's (`ensemble.EnsembleRows`).
     """
     pad_token_id = generation_config._pad_token_tensor
     eos = next((criterion.eos_token_id for criterion in stopping_criteria
@@ -108,7 +108,7 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
     device = input_ids.device
     sequences = input_ids.new_full((batch_size, max_length), int(pad_token_id) if pad_token_id is not None else 0)
     sequences[:, :prompt_len] = input_ids
-    waiting = ActiveRows(model, model_kwargs)  # every sentence, before its first step
+    waiting = rows_class(model, model_kwargs)  # every sentence, before its first step
     limits = None
     if source_length_cap is not None:
         limits = source_length_limits(source_length_cap, waiting.mask, prompt_len)
@@ -149,8 +149,12 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
 
 
 @torch.no_grad()
-def beam_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None, **model_kwargs):
-    """transformers' `_beam_search` loop (no sampling), on the sentences whose result can still change."""
+def beam_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None, rows_class=ActiveRows,
+                **model_kwargs):
+    """transformers' `_beam_search` loop (no sampling), on the sentences whose result can still change.
+
+    `rows_class` as in `greedy_search`. A coverage penalty (`model._coverage_penalty`, see `beam_penalties.py`)
+    is shown each step's coverage; `model._update_finished_beams` applies it."""
     pad_token_id, eos_token_id = generation_config._pad_token_tensor, generation_config._eos_token_tensor
     early_stopping, length_penalty = generation_config.early_stopping, generation_config.length_penalty
     max_length, num_beams = generation_config.max_length, generation_config.num_beams
@@ -173,7 +177,8 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
     running_indices = torch.full((batch_size, num_beams, max_length - cur_len), -1, dtype=torch.int32, device=device)
     indices = running_indices.clone()
 
-    rows = ActiveRows(model, model_kwargs)
+    coverage = model._coverage_penalty
+    rows = rows_class(model, model_kwargs, track_coverage=coverage is not None)
     limits = None
     if source_length_cap is not None:
         limits = source_length_limits(source_length_cap, rows.mask, cur_len, rows_per_sentence=num_beams)
@@ -182,6 +187,8 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
     while True:
         count = active.numel()
         log_probs = rows.next_logits(tokens).log_softmax(dim=-1).view(count, num_beams, -1)
+        if coverage is not None:
+            coverage.observe(rows.state.coverage, rows.mask)
         log_probs = log_probs + running_scores[active, :, None]
         topk_log_probs, topk_sequences, topk_indices = model._get_top_k_continuations(
             accumulated_log_probs=log_probs.view(count, -1), running_sequences=running_sequences[active],

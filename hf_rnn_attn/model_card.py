@@ -25,9 +25,23 @@ SCORE_EQUATIONS = {
     "general": r"h_t^\top W h_i",
     "location": r"(W_a h_t)_i",
 }
+# Where step t attends (Luong et al. 2015, section 3.2), in the card's notation (positions count from 1).
+ATTENTION_TYPE_TEXTS = {
+    "global": "Global attention: every step attends to every real source position.",
+    "local-m": (r"Local attention (*local-m*, Luong et al. 2015): step $t$ attends only to the real positions "
+                r"$i$ of the window $|i - p_t| \le D$ around $p_t = \min(t, S_{real})$; the softmax above runs over "
+                r"them, and every other weight is 0."),
+    "local-p": (r"Local attention (*local-p*, Luong et al. 2015): step $t$ predicts an aligned position and "
+                r"attends only to the real positions $i$ of the window $|i - p_t| \le D$ around it, favouring "
+                r"those near $p_t$ (Luong et al.'s Gaussian factor, renormalised here so that the weights sum to "
+                r"1); every other weight is 0:" "\n\n"
+                r"$$p_t = S_{real} \cdot \mathrm{sigmoid}(v_p^\top \tanh(W_p h_t)), \qquad "
+                r"\alpha_{ti} = \frac{\exp(e_{ti}) \, g_{ti}}{\sum_{|j - p_t| \le D} \exp(e_{tj}) \, g_{tj}}, \qquad "
+                r"g_{ti} = \exp\left(-\frac{(i - p_t)^2}{2 \sigma^2}\right), \quad \sigma = D / 2$$"),
+}
 CONFIG_TABLE_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "encoder_hidden_size", "rnn_cell",
-                       "encoder_layers", "decoder_layers", "bidirectional_encoder", "attention_score", "input_feeding",
-                       "decoder_state_init", "output_layer", "dropout", "tie_word_embeddings")
+                       "encoder_layers", "decoder_layers", "bidirectional_encoder", "attention_score", "attention_type",
+                       "input_feeding", "decoder_state_init", "output_layer", "dropout", "tie_word_embeddings")
 
 
 def render_model_card(model, metrics=None, dataset_info=None, training_info=None, repo_id="path/to/model"):
@@ -67,6 +81,7 @@ def card_contents(model, metrics=None, dataset_info=None, training_info=None, re
         "initial_state": _initial_state_equation(config),
         "score_equation": SCORE_EQUATIONS[config.attention_score],
         "attention_score": config.attention_score,
+        "attention_type": _attention_type_text(config),
         "encoder_layers": str(config.encoder_layers),
         "decoder_layers": str(config.decoder_layers),
         "config_table": _config_table(model),
@@ -168,9 +183,19 @@ def _initial_state_equation(config):
     return f"{lhs} = {rhs}"
 
 
+def _attention_type_text(config):
+    """Which source positions each step attends to, and the window D of local attention."""
+    text = ATTENTION_TYPE_TEXTS[config.attention_type]
+    if config.attention_type == "global":
+        return text
+    window = config.local_window
+    return f"{text}\n\nThe window: $D = {window}$ (`local_window`), at most {2 * window + 1} source positions."
+
+
 def _config_table(model):
     config = model.config
-    rows = [f"| `{field}` | `{getattr(config, field)}` |" for field in CONFIG_TABLE_FIELDS]
+    fields = CONFIG_TABLE_FIELDS + (("local_window",) if config.attention_type != "global" else ())
+    rows = [f"| `{field}` | `{getattr(config, field)}` |" for field in fields]
     parameters = sum(parameter.numel() for parameter in model.parameters())
     return "\n".join(["| Configuration | Value |", "|---|---|", *rows, f"| parameters | {parameters:,} |"])
 

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import ModelOutput, logging
 
 from .attention import ALIGNMENTS, SCORES, attend, local_window
+from .beam_penalties import CoveragePenaltyMixin
 from .configuration_rnn_attn import RNNAttnConfig
 from .lean_decoding import beam_search, greedy_search, lean_decoding_applies
 from .linear_cross_entropy import linear_cross_entropy
@@ -305,6 +306,8 @@ class RNNAttnState:
         projected_keys: the score's projection of the encoder states (e.g. `W2 h_i`, B x S x A), computed
             once per source sentence.
         seen_tokens: number of target tokens consumed so far.
+        coverage: B x S, the attention each source token has received so far, `sum_t alpha_ti`; only for
+            generate(coverage_penalty=...) (`beam_penalties.py`), else None.
     """
 
     hidden: torch.Tensor
@@ -312,16 +315,18 @@ class RNNAttnState:
     context: torch.Tensor | None
     projected_keys: torch.Tensor
     seen_tokens: int = 0
+    coverage: torch.Tensor | None = None
 
     # Read by generate(): this state can be neither compiled as a static cache nor cropped.
     is_compileable = False
     is_croppable = False
 
     @classmethod
-    def from_rnn(cls, rnn_state, context, projected_keys, seen_tokens=0):
+    def from_rnn(cls, rnn_state, context, projected_keys, seen_tokens=0, coverage=None):
         """The state holding `rnn_state`, the decoder RNN's `(h,)` or `(h, c)` (B x L x H each)."""
         hidden, cell = hidden_and_cell(rnn_state)
-        return cls(hidden=hidden, cell=cell, context=context, projected_keys=projected_keys, seen_tokens=seen_tokens)
+        return cls(hidden=hidden, cell=cell, context=context, projected_keys=projected_keys, seen_tokens=seen_tokens,
+                   coverage=coverage)
 
     def rnn_state(self):
         """The decoder RNN's state, `(h,)` or `(h, c)`, as `run_rnn` takes it."""
@@ -380,15 +385,16 @@ class RNNAttnDecoder(nn.Module):
         context_size = config.encoder_output_size if config.input_feeding else 0
         self.rnn = build_rnn(config, config.embedding_size + context_size, config.hidden_size, config.decoder_layers)
         self.score = SCORES[config.attention_score](config)
-        local = config.attention_type in ALIGNMENTS
-        self.aligned_position = ALIGNMENTS[config.attention_type](config) if local else None
+        # Local attention's p_t; global attention has none.
+        self.aligned_position = ALIGNMENTS[config.attention_type](config) if config.attention_type != "global" else None
         self.bridge = nn.Linear(config.encoder_state_size, config.hidden_size) if config.uses_bridge else None
         self.W_c = None
         if config.output_layer == "tanh":
             self.W_c = nn.Linear(config.hidden_size + config.encoder_output_size, config.hidden_size, bias=False)
 
-    def initial_state(self, encoder_output):
-        """The state before the first target token, from the encoder's final states and keys."""
+    def initial_state(self, encoder_output, track_coverage=False):
+        """The state before the first target token, from the encoder's final states and keys; with
+        `track_coverage`, it also sums the attention weights (`RNNAttnState.coverage`)."""
         config, keys = self.config, encoder_output.last_hidden_state
         batch_size = keys.size(0)
         starts = state_tuple(encoder_output.final_hidden_state, encoder_output.final_cell_state)
@@ -406,7 +412,8 @@ class RNNAttnDecoder(nn.Module):
             starts = [torch.tanh(self.bridge(s)) for s in starts]  # B x L x H
         context = keys.new_zeros(batch_size, keys.size(-1)) if config.input_feeding else None  # c_0 = 0
         return RNNAttnState.from_rnn(tuple(s.contiguous() for s in starts), context=context,
-                                     projected_keys=self.score.project_keys(keys))
+                                     projected_keys=self.score.project_keys(keys),
+                                     coverage=keys.new_zeros(keys.shape[:2]) if track_coverage else None)
 
     def forward(self, input_ids, state, keys, attention_mask, inputs_embeds=None, output_hidden_states=False):
         """Consumes T target tokens from `state`: teacher forcing with input feeding takes the fused unroll, the
@@ -428,6 +435,8 @@ class RNNAttnDecoder(nn.Module):
         embedded = self.dropout(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)  # B x T x E
         run = self._unroll_with_input_feeding if self.config.input_feeding and embedded.size(1) > 1 else self.step
         output, weights, new_state, layers = run(embedded, state, keys, attention_mask, output_hidden_states)
+        if state.coverage is not None:
+            new_state.coverage = state.coverage + weights.sum(dim=1)  # B x S: sum_t alpha_ti
         if output_hidden_states:
             return output, weights, new_state, (embedded, *layers)
         return output, weights, new_state
@@ -459,7 +468,7 @@ class RNNAttnDecoder(nn.Module):
         scores = self.score(top, state.projected_keys)  # B x T x S
         if self.aligned_position is None:
             return attend(scores, attention_mask, keys)
-        steps = state.seen_tokens + step + torch.arange(top.size(1), device=top.device)  # T: t, from 0
+        steps = state.seen_tokens + step + torch.arange(1, top.size(1) + 1, device=top.device)  # T: t, from 1
         # The real source length, not the padded one, places local-p's p_t and clips local-m's.
         positions = self.aligned_position(top, steps, attention_mask.sum(dim=1))  # B x T: p_t
         scores, window = local_window(scores, positions, self.config.local_window, self.aligned_position.gaussian)
@@ -643,7 +652,7 @@ class RNNAttnModel(RNNAttnPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
+class RNNAttnForConditionalGeneration(CoveragePenaltyMixin, RNNAttnPreTrainedModel, GenerationMixin):
     """`RNNAttnModel` plus the vocabulary projection, the loss from `labels`, and `generate()`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
@@ -677,13 +686,18 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
                                streamer, **model_kwargs)
 
     def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
-                     **model_kwargs):
-        """Beam search runs `lean_decoding.beam_search` (same tokens, ended sentences leave the batch)."""
-        if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, None,
-                                 model_kwargs):
-            return beam_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
-        return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
-                                    **model_kwargs)
+                     coverage_penalty=None, **model_kwargs):
+        """Beam search runs `lean_decoding.beam_search` (same tokens, ended sentences leave the batch), with
+        GNMT's coverage penalty when asked (`beam_penalties.py`)."""
+        with self._scoring_coverage(coverage_penalty):
+            if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, None,
+                                     model_kwargs):
+                return beam_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
+            if coverage_penalty is not None:  # the first state, which sums the attention weights from here on
+                model_kwargs["past_key_values"] = self.model.decoder.initial_state(model_kwargs["encoder_outputs"],
+                                                                                   track_coverage=True)
+            return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config,
+                                        synced_gpus, **model_kwargs)
 
     def get_output_embeddings(self):
         return self.lm_head
@@ -703,7 +717,7 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
                 encoder_outputs=None, past_key_values=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, num_items_in_batch=None, skip_logits=None,
                 source_length_cap=None, max_active_rows=None, inputs_embeds=None, decoder_inputs_embeds=None,
-                **kwargs):
+                coverage_penalty=None, **kwargs):
         """Teacher-forced logits (and the loss when `labels` are given) or one generation step.
 
         The other arguments are `RNNAttnModel.forward`'s; `return_dict` defaults to the config's.
@@ -715,7 +729,8 @@ class RNNAttnForConditionalGeneration(RNNAttnPreTrainedModel, GenerationMixin):
         `source_length_cap=(a, b)` is read by `generate()`: greedy and beam search then give a source of S
         tokens at most `a * S + b` new tokens (see `lean_decoding.source_length_limits`). `max_active_rows=N` is
         read by greedy `generate()` too: it decodes N sentences at a time, replacing each that ends by the next one
-        (`lean_decoding.greedy_search`), for a large batch; the results do not change.
+        (`lean_decoding.greedy_search`), for a large batch; the results do not change. `coverage_penalty=beta` is
+        read by beam search `generate()`: GNMT's coverage penalty (`beam_penalties.py`).
 
         `skip_logits` (default: training with `labels`, as with Liger-Kernel in transformers) returns
         `logits=None` and computes the loss chunk by chunk without the B x T x V logits (`linear_cross_entropy`):

@@ -36,11 +36,15 @@ DEFAULT_MAX_NEW_TOKENS = 256  # RNNAttnTranslationPipeline's length limit when n
 NEG_INF = np.float32(-1.0e9)  # transformers' "impossible" score for beams
 
 
+# The config fields the graphs depend on, with their defaults.
+ARCHITECTURE_DEFAULTS = {name: parameter.default
+                         for name, parameter in inspect.signature(RNNAttnConfig.__init__).parameters.items()
+                         if name not in ("self", "kwargs", *_TRAINING_FIELDS)}
+
+
 def architecture(config):
     """The config fields the graphs depend on, recorded in each graph to catch a graph of another model."""
-    names = [name for name in inspect.signature(RNNAttnConfig.__init__).parameters
-             if name not in ("self", "kwargs", *_TRAINING_FIELDS)]
-    return {name: getattr(config, name) for name in names}
+    return {name: getattr(config, name) for name in ARCHITECTURE_DEFAULTS}
 
 
 @dataclass
@@ -113,9 +117,10 @@ class ONNXTranslator:
             if metadata["hf_rnn_attn_format"] != EXPORT_FORMAT:
                 raise ValueError(f"{folder / name} has export format {metadata['hf_rnn_attn_format']}, this version "
                                  f"reads format {EXPORT_FORMAT}; export the model again with `hf-rnn-attn export`.")
-            graph_config = json.loads(metadata["hf_rnn_attn_config"])
-            differences = [f"{key}={graph_config.get(key)!r} in the graph, {value!r} in config.json"
-                           for key, value in expected.items() if graph_config.get(key) != value]
+            # A field added to the config after the export: the graph does what its default does.
+            graph_config = {**ARCHITECTURE_DEFAULTS, **json.loads(metadata["hf_rnn_attn_config"])}
+            differences = [f"{key}={graph_config[key]!r} in the graph, {value!r} in config.json"
+                           for key, value in expected.items() if graph_config[key] != value]
             if differences:
                 raise ValueError(f"{folder / name} was exported from a model with another config "
                                  f"({'; '.join(differences[:3])}): it is from an older export. Export the model "

@@ -46,6 +46,9 @@ class ModelArguments:
     hidden_size: int = 256
     encoder_hidden_size: int | None = None
     attention_score: str | None = field(default=None, metadata={"help": "additive, dot, general or location"})
+    attention_type: str | None = field(default=None, metadata={"help": "global, local-m or local-p"})
+    local_window: int | None = field(default=None, metadata={"help": "D, the half-width of local attention's window"})
+    input_feeding: bool | None = field(default=None, metadata={"help": "feed c_{t-1} into the decoder input"})
     max_source_positions: int | None = field(default=None, metadata={"help": "for the location score"})
     dropout: float = 0.2
     tie_word_embeddings: bool = False
@@ -54,7 +57,7 @@ class ModelArguments:
 
     def __post_init__(self):
         check_positive(self, ("embedding_size", "hidden_size", "encoder_hidden_size", "max_source_positions",
-                              "vocab_size"))
+                              "local_window", "vocab_size"))
 
 
 @dataclass
@@ -133,8 +136,9 @@ def prepare_translation_run(model_args, data_args, seed):
             model_args.vocab_size))
 
     overrides = {name: getattr(model_args, name) for name in
-                 ("embedding_size", "hidden_size", "encoder_hidden_size", "attention_score",
-                  "max_source_positions", "dropout", "tie_word_embeddings") if getattr(model_args, name) is not None}
+                 ("embedding_size", "hidden_size", "encoder_hidden_size", "attention_score", "attention_type",
+                  "local_window", "input_feeding", "max_source_positions", "dropout", "tie_word_embeddings")
+                 if getattr(model_args, name) is not None}
     config = RNNAttnConfig.from_preset(
         model_args.preset, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -16,7 +16,6 @@ OpenNMT-py on the real corpus, see scripts/benchmark_peers.py.
 """
 
 import copy
-import os
 import resource
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, StoppingCriteriaList
+from transformers.utils import logging as transformers_logging
 from transformers.generation.stopping_criteria import MaxLengthCriteria
 
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
@@ -149,11 +149,13 @@ def batch_one_seconds(model, input_ids, new_tokens, repeats=20):
 
 
 def cpu_description():
-    """The CPU model and the instruction sets that change these numbers (AVX2 / AVX-512 / bf16 / AMX)."""
+    """The CPU model and the instruction sets that change these numbers (AVX2 / AVX-512 / bf16 / AMX, and VNNI for
+    int8)."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     flags = set(fields.get("Flags", "").split())
-    present = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if flag in flags]
+    present = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "avx_vnni", "avx512_vnni")
+               if flag in flags]
     return f"{fields.get('Model name', 'unknown CPU').strip()} ({', '.join(present) or 'no AVX2'})"
 
 
@@ -191,21 +193,27 @@ def translation_rows(args):
             print(f"{name:10s} start {start_seconds:4.1f} s {start_rss:4.0f} MiB | " + " | ".join(cells))
 
 
+# Linux carries a process's peak RSS over fork and exec: a child of this (large) process would report this
+# process's peak. A small launcher's child reports its own.
+LAUNCHER = ("import resource, subprocess, sys; status = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(status)")
+
+
 def run_timed(command):
     """Wall seconds and peak resident MiB of `command`, which must succeed."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    completed = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {completed.stderr[-2000:]}")
+    return seconds, int(completed.stdout.split()[-1]) / 1024
 
 
 def main(argv=None):
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
     if (args.translation_model is None) != (args.sentences is None):
         raise ValueError("--translation_model and --sentences go together.")
+    transformers_logging.disable_progress_bar()
     print(f"CPU: {cpu_description()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"S={args.source_length}, T={args.target_length}, V={args.vocab_size}, E={args.embedding_size}, "

@@ -1,6 +1,7 @@
 """ONNX export and the onnxruntime translator: the same tokens and scores as generate() on every variant, the
 same text as the PyTorch path through the CLI, int8 on both backends, and clear errors for wrong folders."""
 
+import json
 import shutil
 
 import numpy as np
@@ -9,13 +10,16 @@ import pytest
 import torch
 
 from hf_rnn_attn import cli
-from hf_rnn_attn.onnx import ONNXTranslator
+from hf_rnn_attn.onnx import GRAPH_FILES, ONNXTranslator
 from hf_rnn_attn.onnx_export import export_onnx
 from hf_rnn_attn.quantization import quantize_int8
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
-from tiny_models import VARIANTS, copy_task_sentences, source_batch, tiny_model, train_copy_model
+from tiny_models import LOCAL_VARIANTS, VARIANTS, copy_task_sentences, source_batch, tiny_model, train_copy_model
 
+# Every variant the export takes: all but local-m, whose window follows the step index (see export_onnx).
+EXPORTABLE = [*VARIANTS, *(name for name, (_, overrides) in LOCAL_VARIANTS.items()
+                            if overrides["attention_type"] == "local-p")]
 # Another batch size and source length than the export traces, so that every dynamic axis is exercised.
 BATCH = dict(seed=1, batch_size=4, length=9)
 
@@ -28,11 +32,11 @@ def sequence_log_probs(model, input_ids, attention_mask, sequences):
     return token_log_probs.masked_fill((is_eos.cumsum(1) - is_eos) > 0, 0.0).sum(1)
 
 
-def lively_model(variant):
+def lively_model(variant, **overrides):
     """A tiny model with large weights and a push towards EOS. The default initialisation repeats one token and
     never ends; this one gives input-dependent outputs that end at different steps, so that the EOS,
     finished-hypothesis and early-stop rules of the search all run."""
-    model = tiny_model(variant, seed=2, init_range=1.0)
+    model = tiny_model(variant, seed=2, init_range=1.0, **overrides)
     with torch.no_grad():
         model.lm_head.bias[model.config.eos_token_id] += 1.5
     return model
@@ -53,7 +57,7 @@ def exported(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", EXPORTABLE)
 def test_greedy_search_equals_generate(variant, exported):
     model, translator = exported(variant)
     input_ids, attention_mask = source_batch(**BATCH)
@@ -65,7 +69,7 @@ def test_greedy_search_equals_generate(variant, exported):
     np.testing.assert_allclose(output.scores, log_probs.numpy(), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", EXPORTABLE)
 def test_beam_search_equals_generate(variant, exported):
     model, translator = exported(variant)
     input_ids, attention_mask = source_batch(**BATCH)
@@ -93,6 +97,19 @@ def test_beam_search_rules_equal_generate(settings, exported):
     output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings)
     np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
     np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_runs_in_eval_mode_and_leaves_the_model_as_it_was(tmp_path):
+    """Dropout must not reach the graphs, nor the export switch the caller's model between modes."""
+    model = lively_model("bigru-bahdanau", dropout=0.3).train()
+    export_onnx(model, tmp_path)
+    assert model.training
+    model.eval()
+    input_ids, attention_mask = source_batch(**BATCH)
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=3, max_new_tokens=10)
+    output = ONNXTranslator(tmp_path).generate(input_ids.numpy(), attention_mask.numpy(), num_beams=3,
+                                              max_new_tokens=10)
+    np.testing.assert_array_equal(output.sequences, expected.numpy())
 
 
 # ------------------------------------------------------------------------------------------- text and CLI
@@ -201,12 +218,35 @@ def test_graphs_from_an_older_export_are_refused(tmp_path, capsys):
     assert "exported from a model with another config" in capsys.readouterr().err
 
 
+def test_a_config_field_newer_than_the_export_is_read_as_its_default(tmp_path):
+    """An export from before a config field existed computes what the field's default does."""
+    model = tiny_model("lstm-luong-general")
+    export_onnx(model, tmp_path)
+    for name in GRAPH_FILES[False]:
+        graph = onnx.load(str(tmp_path / name))
+        metadata = {prop.key: prop.value for prop in graph.metadata_props}
+        recorded = json.loads(metadata["hf_rnn_attn_config"])
+        del recorded["attention_type"]
+        onnx.helper.set_model_props(graph, {**metadata, "hf_rnn_attn_config": json.dumps(recorded)})
+        onnx.save(graph, str(tmp_path / name))
+    ONNXTranslator(tmp_path)
+    model.config.attention_type = "local-p"
+    model.config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(ValueError, match=r"attention_type='global' in the graph, 'local-p' in config.json"):
+        ONNXTranslator(tmp_path)
+
+
 def test_encoder_and_decoder_of_two_exports_are_refused(tmp_path):
     for seed in (0, 1):
         export_onnx(tiny_model("bigru-bahdanau", seed=seed), tmp_path / str(seed))
     shutil.copy(tmp_path / "1" / "decoder.onnx", tmp_path / "0" / "decoder.onnx")
     with pytest.raises(ValueError, match=r"encoder.onnx and .*decoder.onnx come from two different exports"):
         ONNXTranslator(tmp_path / "0")
+
+
+def test_local_m_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="ONNX export does not support attention_type='local-m'"):
+        export_onnx(tiny_model("bigru-local-m-dot"), tmp_path)
 
 
 def test_bad_sources_are_refused(exported):

@@ -17,17 +17,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_rnn_attn import PRESETS, RNNAttnConfig, RNNAttnForConditionalGeneration
-from hf_rnn_attn.configuration_rnn_attn import (ATTENTION_SCORES, DECODER_BRIDGES, DECODER_STATE_INITS, OUTPUT_LAYERS,
-                                                RNN_CELLS)
+from hf_rnn_attn.configuration_rnn_attn import (ATTENTION_SCORES, ATTENTION_TYPES, DECODER_BRIDGES, DECODER_STATE_INITS,
+                                                OUTPUT_LAYERS, RNN_CELLS)
 
 CASES = Counter()
 MAX_NEW_TOKENS = 4
 PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, database=None)
-CHOICES = {"rnn_cell": RNN_CELLS, "attention_score": ATTENTION_SCORES, "decoder_state_init": DECODER_STATE_INITS,
-           "decoder_bridge": DECODER_BRIDGES, "output_layer": OUTPUT_LAYERS}
+CHOICES = {"rnn_cell": RNN_CELLS, "attention_score": ATTENTION_SCORES, "attention_type": ATTENTION_TYPES,
+           "decoder_state_init": DECODER_STATE_INITS, "decoder_bridge": DECODER_BRIDGES, "output_layer": OUTPUT_LAYERS}
 BOOLEANS = ("bidirectional_encoder", "input_feeding", "tie_word_embeddings")
 SIZES = ("vocab_size", "embedding_size", "hidden_size", "encoder_hidden_size", "encoder_layers", "decoder_layers",
-         "attention_hidden_size", "max_source_positions")
+         "attention_hidden_size", "max_source_positions", "local_window")
 
 
 @st.composite
@@ -44,6 +44,8 @@ def valid_fields(draw):
     fields.update(vocab_size=draw(st.integers(5, 12)), embedding_size=draw(st.integers(1, 6)),
                   hidden_size=draw(st.integers(1, 6)), encoder_hidden_size=draw(st.integers(1, 6)),
                   attention_hidden_size=draw(st.integers(1, 6)), max_source_positions=draw(st.integers(5, 8)),
+                  # Drawn for every case: as an optional field it came up in 2 of 40.
+                  attention_type=draw(st.sampled_from(ATTENTION_TYPES)), local_window=draw(st.integers(1, 3)),
                   dropout=draw(st.sampled_from([0.0, 0.3])), init_range=draw(st.sampled_from([0.05, 0.5])))
     if fields["decoder_state_init"] == "backward" and not fields["bidirectional_encoder"]:
         fields["decoder_state_init"] = draw(st.sampled_from(["final", "zeros"]))

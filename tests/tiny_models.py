@@ -25,16 +25,19 @@ VARIANTS = {
 }
 
 # Luong's local attention on several scores, with and without input feeding. The windows are narrower than the
-# sources of `source_batch`, so that they cut. Not in VARIANTS: the ONNX export refuses local-m.
+# sources of `source_batch`, so that they cut, and the weights start wide (init_range=1) so that the outputs vary
+# with the attention: at 0.1 most of these models emit one token forever. Not in VARIANTS: the ONNX export
+# refuses local-m.
+LOCAL = {"init_range": 1.0}
 LOCAL_VARIANTS = {
-    "lstm-luong-local-m-general": ("lstm-luong", {"attention_type": "local-m", "local_window": 1}),
-    "lstm-luong-local-p-general": ("lstm-luong", {"attention_type": "local-p", "local_window": 2,
+    "lstm-luong-local-m-general": ("lstm-luong", {**LOCAL, "attention_type": "local-m", "local_window": 1}),
+    "lstm-luong-local-p-general": ("lstm-luong", {**LOCAL, "attention_type": "local-p", "local_window": 2,
                                                   "input_feeding": True}),
-    "lstm-luong-local-p-location": ("lstm-luong", {"attention_type": "local-p", "local_window": 1,
+    "lstm-luong-local-p-location": ("lstm-luong", {**LOCAL, "attention_type": "local-p", "local_window": 1,
                                                    "attention_score": "location", "max_source_positions": 12}),
-    "bigru-local-m-dot": ("bigru-bahdanau", {"attention_type": "local-m", "local_window": 2,
+    "bigru-local-m-dot": ("bigru-bahdanau", {**LOCAL, "attention_type": "local-m", "local_window": 2,
                                              "attention_score": "dot", "encoder_hidden_size": 8}),
-    "bigru-local-p-additive": ("bigru-bahdanau", {"attention_type": "local-p", "local_window": 1}),
+    "bigru-local-p-additive": ("bigru-bahdanau", {**LOCAL, "attention_type": "local-p", "local_window": 1}),
 }
 
 
