@@ -79,7 +79,7 @@ class CoveragePenaltyMixin:
         """`self._coverage_penalty` is `CoveragePenalty(beta)` (None when beta is None) for the search inside."""
         self._coverage_penalty = None if beta is None else CoveragePenalty(beta)
         try:
-            yield self._coverage_penalty
+            yield
         finally:
             self._coverage_penalty = None
 

@@ -90,6 +90,9 @@ def build_parser():
     translate.add_argument("--int8", action="store_true",
                            help="Run in int8: torch.ao dynamic quantisation of the PyTorch model, or the int8 graphs "
                                 "of `hf-rnn-attn export --int8`.")
+    translate.add_argument("--threads", type=_positive_int, default=None,
+                           help="CPU threads for PyTorch or onnxruntime (default: theirs, one per core). On a machine "
+                                "that other processes keep busy, 1 can be much faster.")
     translate.set_defaults(run=run_translate)
 
     export = subcommands.add_parser("export", help="Export a saved model to ONNX graphs for --backend onnx.")
@@ -281,7 +284,9 @@ def _load_translator(args):
         if args.backend == "onnx":
             from .onnx import ONNXTranslator  # onnxruntime only when asked for
 
-            return ONNXTranslator(args.model, int8=args.int8)
+            return ONNXTranslator(args.model, int8=args.int8, threads=args.threads)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         device = "cpu" if args.int8 else args.device
         if args.ensemble:
             from .ensemble import load_ensemble

@@ -58,6 +58,8 @@ class BenchmarkArguments:
     references: str | None = field(default=None, metadata={"help": "their reference translations, for BLEU"})
     max_sentences: int = 100
     max_new_tokens: int = 200
+    threads: int | None = field(default=None, metadata={"help": "CPU threads of PyTorch and onnxruntime "
+                                                                "(default: theirs)"})
 
 
 def random_batch(args, generator):
@@ -108,9 +110,10 @@ def benchmark(preset, args):
     with tempfile.TemporaryDirectory() as folder:
         export_onnx(model, folder, int8=True)
         for name, generate in (("torch int8", generator(quantized, input_ids, attention_mask, args)),
-                               ("onnx", generator(ONNXTranslator(folder), input_ids, attention_mask, args)),
-                               ("onnx int8", generator(ONNXTranslator(folder, int8=True), input_ids, attention_mask,
-                                                       args))):
+                               ("onnx", generator(ONNXTranslator(folder, threads=args.threads), input_ids,
+                                                  attention_mask, args)),
+                               ("onnx int8", generator(ONNXTranslator(folder, int8=True, threads=args.threads),
+                                                       input_ids, attention_mask, args))):
             greedy_seconds = timed(lambda: generate(1), max(1, args.steps // 2))
             beam_seconds = timed(lambda: generate(args.num_beams), 1)
             print(f"{'':16s} {name:10s} greedy {tokens / greedy_seconds:8.0f} tok/s | "
@@ -164,18 +167,20 @@ def translation_rows(args):
     lines = Path(args.sentences).read_text(encoding="utf-8").splitlines()[:args.max_sentences]
     references = Path(args.references).read_text(encoding="utf-8").splitlines()[:len(lines)] \
         if args.references else None
-    metric = load_translation_metric() if references else None
+    metric = load_translation_metric() if references else None  # an evaluate metric is falsy (len 0)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         source = work / "source.txt"
         source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         (work / "empty.txt").write_text("", encoding="utf-8")
         export_onnx(args.translation_model, work / "onnx", int8=True)
-        print(f"hf-rnn-attn translate, {len(lines)} sentences, max_new_tokens {args.max_new_tokens}: sentences/s "
+        print(f"hf-rnn-attn translate, {len(lines)} sentences, max_new_tokens {args.max_new_tokens}, threads "
+              f"{args.threads or 'default'}: sentences/s "
               f"(process start included), peak RSS of the process" + (", BLEU" if metric else ""))
         for name, options, exported in BACKENDS:
             command = [sys.executable, "-m", "hf_rnn_attn.cli", "translate", "--model",
-                       str(work / "onnx" if exported else args.translation_model), *options]
+                       str(work / "onnx" if exported else args.translation_model), *options,
+                       *(["--threads", str(args.threads)] if args.threads else [])]
             start_seconds, start_rss = run_timed([*command, "--input", str(work / "empty.txt")])
             cells = []
             for num_beams in (1, args.num_beams):
@@ -186,7 +191,7 @@ def translation_rows(args):
                                               "--max_new_tokens", str(args.max_new_tokens)])
                     cell = f"{'greedy' if num_beams == 1 else f'beam{num_beams}'} b{batch_size} " \
                            f"{len(lines) / seconds:6.1f}/s {rss:4.0f} MiB"
-                    if metric and batch_size == 64:
+                    if metric is not None and batch_size == 64:
                         hypotheses = output.read_text(encoding="utf-8").splitlines()
                         cell += f" BLEU {metric.compute(predictions=hypotheses, references=references)['bleu']:.2f}"
                     cells.append(cell)
@@ -214,6 +219,8 @@ def main(argv=None):
     if (args.translation_model is None) != (args.sentences is None):
         raise ValueError("--translation_model and --sentences go together.")
     transformers_logging.disable_progress_bar()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_description()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"S={args.source_length}, T={args.target_length}, V={args.vocab_size}, E={args.embedding_size}, "
