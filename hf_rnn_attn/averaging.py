@@ -15,7 +15,6 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
 from .modeling_rnn_attn import RNNAttnForConditionalGeneration

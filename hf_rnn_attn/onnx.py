@@ -186,8 +186,8 @@ class ONNXTranslator:
         attention_mask = (np.ones_like(input_ids) if attention_mask is None
                           else np.asarray(attention_mask, dtype=np.int64))
         self._check_source(input_ids, attention_mask)
-        num_beams = num_beams or settings.num_beams or 1
-        num_return_sequences = num_return_sequences or settings.num_return_sequences or 1
+        num_beams = num_beams or settings.num_beams
+        num_return_sequences = num_return_sequences or settings.num_return_sequences
         if num_return_sequences > num_beams:
             raise ValueError(f"`num_return_sequences` ({num_return_sequences}) must be at most `num_beams` "
                              f"({num_beams}).")
@@ -198,7 +198,7 @@ class ONNXTranslator:
         eos = np.array([] if eos is None else np.atleast_1d(eos), dtype=np.int64)
         outputs = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
         named = dict(zip((node.name for node in self.encoder.get_outputs()), outputs))
-        memory = {name: named[name] for name in MEMORY_NAMES[:2]} | {"attention_mask": attention_mask}
+        memory = {"keys": named["keys"], "projected_keys": named["projected_keys"], "attention_mask": attention_mask}
         state = {name: named[name] for name in self.state_names}
         if num_beams == 1:
             return self._greedy_search(memory, state, max_length, eos)

@@ -19,20 +19,19 @@ import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard
 
-from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, cli
+from hf_rnn_attn import cli
 from hf_rnn_attn.configuration_rnn_attn import PRESETS
 from hf_rnn_attn.hub import HubUploadError, hub_files, push_to_hub, save_for_hub
 from hf_rnn_attn.model_card import card_contents, card_template, render_model_card
 from hf_rnn_attn.pipeline_translation import RNNAttnTranslationPipeline, translation_pipeline
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
+from tiny_models import COPY_WORDS, train_copy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESET_NAMES = ["bigru-bahdanau", "lstm-luong"]
-WORDS = ("el la los gato perro casa sol luna agua fuego rojo azul verde grande pequeño come bebe ve tiene "
-         "quiere").split()
 _rng = random.Random(0)
-SENTENCES = [" ".join(_rng.choice(WORDS) for _ in range(_rng.randint(2, 5))) for _ in range(100)]
+SENTENCES = [" ".join(_rng.choice(COPY_WORDS) for _ in range(_rng.randint(2, 5))) for _ in range(100)]
 SOURCES = [SENTENCES[0], "el gato come", SENTENCES[1], "la luna azul tiene agua"]
 METRICS = {"bleu": 23.45, "chrf": 51.2, "bleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"}
 DATASET_INFO = {"name": "Toy word strings", "split": "test", "train_pairs": 100}
@@ -51,23 +50,6 @@ def tokenizer():
     return train_translation_tokenizer(SENTENCES, SENTENCES, vocab_size=60)
 
 
-def train_copy_model(preset, tokenizer, steps=40, **overrides):
-    """A tiny model trained a few steps to copy its input, so that translations are not all alike."""
-    torch.manual_seed(0)
-    config = RNNAttnConfig.from_preset(preset, vocab_size=len(tokenizer), embedding_size=16, hidden_size=16,
-                                       dropout=0.0, **overrides)
-    model = RNNAttnForConditionalGeneration(config)
-    batch = tokenizer(SENTENCES, text_target=SENTENCES, padding=True, return_tensors="pt")
-    labels = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
-    for _ in range(steps):
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 def reference_translations(model, tokenizer, sources, **generate_kwargs):
     inputs = tokenizer(sources, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -77,7 +59,7 @@ def reference_translations(model, tokenizer, sources, **generate_kwargs):
 
 @pytest.fixture(scope="module", params=PRESET_NAMES)
 def saved(request, tokenizer, tmp_path_factory):
-    model = train_copy_model(request.param, tokenizer)
+    model = train_copy_model(tokenizer, SENTENCES, preset=request.param)
     folder = tmp_path_factory.mktemp(request.param) / "model"
     files = save_for_hub(model, tokenizer, folder, metrics=METRICS, dataset_info=DATASET_INFO, src_lang="es",
                          tgt_lang="en", training_info=TRAINING_INFO, repo_id="someone/tiny-rnn-attn")
@@ -356,7 +338,7 @@ def test_model_card_links_a_hub_dataset(saved):
 
 
 def test_model_card_names_a_variant_and_its_score(tokenizer):
-    model = train_copy_model("lstm-luong", tokenizer, steps=0, attention_score="additive")
+    model = train_copy_model(tokenizer, SENTENCES, preset="lstm-luong", steps=0, attention_score="additive")
     metadata, body = front_matter(render_model_card(model))
     assert "lstm-luong" in metadata["tags"]
     assert "departs from the `lstm-luong` preset" in body and "`attention_score='additive'`" in body
@@ -543,7 +525,7 @@ def test_cli_failed_write_keeps_the_previous_output(saved, tmp_path):
 
 
 def test_cli_truncates_sources_for_the_location_score(tokenizer, tmp_path, capsys):
-    model = train_copy_model("lstm-luong", tokenizer, steps=0, attention_score="location", max_source_positions=4)
+    model = train_copy_model(tokenizer, SENTENCES, preset="lstm-luong", steps=0, attention_score="location", max_source_positions=4)
     save_for_hub(model, tokenizer, tmp_path / "model")
     long_line = "el gato come la luna azul y el perro bebe agua"
     assert len(tokenizer(long_line)["input_ids"]) > 4
