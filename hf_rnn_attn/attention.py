@@ -60,7 +60,8 @@ class AdditiveScoreFunction(torch.autograd.Function):
         grad_query, grad_keys, grad_v = torch.empty_like(query), torch.empty_like(keys), torch.zeros_like(v)
         for rows, steps, hidden in _tanh_blocks(query, keys):
             grad = grad_scores[rows, steps].unsqueeze(-1)  # b x t x S x 1
-            grad_v += (grad.reshape(1, -1) @ hidden.reshape(-1, hidden.size(-1))).squeeze(0)  # dtypes differ under autocast
+            # Not addmv_: under autocast the buffer is bf16 while v (and so grad_v) stays fp32.
+            grad_v += (grad.reshape(1, -1) @ hidden.reshape(-1, hidden.size(-1))).squeeze(0)
             # d score / d (q_t + k_i) = v * (1 - tanh^2), in place in the buffer.
             grad_sum = hidden.square_().neg_().add_(1).mul_(v).mul_(grad)  # b x t x S x A
             grad_query[rows, steps] = grad_sum.sum(dim=2)
