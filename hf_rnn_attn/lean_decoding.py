@@ -56,7 +56,7 @@ class ActiveRows:
 
     def keep(self, rows):
         """Keeps (and reorders to) `rows` of the current rows."""
-        self.state.reorder_cache(rows)
+        self.state.select_rows(rows)
         self.keys = self.keys.index_select(0, rows)
         self.mask = self.mask.index_select(0, rows)
 

@@ -335,10 +335,20 @@ class RNNAttnState:
     def tensors(self):
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 
-    def reorder_cache(self, beam_idx):
-        """Keeps, in place, the rows of the beams that survived (generate() ignores a return value)."""
+    def select_rows(self, rows):
+        """Keeps, in place, `rows` (in that order) of every tensor: sentences that leave take their keys along."""
         for name, tensor in self.tensors().items():
-            setattr(self, name, tensor.index_select(0, beam_idx.to(tensor.device)))
+            setattr(self, name, tensor.index_select(0, rows.to(tensor.device)))
+
+    def reorder_cache(self, beam_idx):
+        """Keeps, in place, the rows of the beams that survived (generate() ignores a return value).
+
+        Beam search only reorders the beams of each sentence, which share one source: their `projected_keys`
+        (B x S x A, the largest tensor here) are equal and stay as they are.
+        """
+        for name, tensor in self.tensors().items():
+            if name != "projected_keys":
+                setattr(self, name, tensor.index_select(0, beam_idx.to(tensor.device)))
 
     def get_seq_length(self, layer_idx=0):
         return self.seen_tokens
