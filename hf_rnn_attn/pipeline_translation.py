@@ -94,11 +94,13 @@ class RNNAttnTranslationPipeline(Pipeline):
         return translations
 
     def _decodes_greedily(self, call_kwargs):
-        """Whether generate() will run greedy search: one beam, no sampling (the call's, else the pipeline's, else
-        the model's setting)."""
-        def setting(name):
-            return call_kwargs.get(name, self._forward_params.get(name, getattr(self.model.generation_config, name)))
-        return (setting("num_beams") or 1) == 1 and not setting("do_sample")
+        """Whether generate() will run the refilling greedy loop: one beam, no sampling, no attention recorded
+        (that takes transformers' loop, which would decode the whole group at once; the call's, else the
+        pipeline's, else the model's setting)."""
+        def setting(name, default=None):
+            model_setting = getattr(self.model.generation_config, name, default)
+            return call_kwargs.get(name, self._forward_params.get(name, model_setting))
+        return (setting("num_beams") or 1) == 1 and not setting("do_sample") and not setting("return_attention")
 
     def _blank_translation(self, call_kwargs):
         """As many empty records as the call would return sequences."""
