@@ -74,8 +74,8 @@ def average_checkpoints(checkpoints, output_dir):
                              f"weights: only checkpoints of one model can be averaged.")
         for name, tensor in model.state_dict().items():
             sums[name] += tensor.double()
-    newest.load_state_dict({name: (total / len(checkpoints)).to(newest.state_dict()[name].dtype)
-                            for name, total in sums.items()})
+    dtypes = {name: tensor.dtype for name, tensor in newest.state_dict().items()}
+    newest.load_state_dict({name: (total / len(checkpoints)).to(dtypes[name]) for name, total in sums.items()})
     temporary = output_dir.with_name(f".{output_dir.name}.{os.getpid()}.tmp")
     try:
         newest.save_pretrained(temporary)
