@@ -12,8 +12,8 @@ location), then local-m and local-p attention with the general score (D = 10, as
 feed `c_{t-1}` into the decoder (`--luong_input_feeding true`, the default): Luong et al. compare their attention
 variants (their Table 4) on input-feeding models.
 
-Each row runs `scripts/train.py` (the settings of `scripts/main.sh`: batch 64, Adam 2e-3, best checkpoint by
-validation BLEU) then `scripts/evaluate_model.py` on the test split, greedy and beam 5, in fresh processes, one
+Each row runs `scripts/train.py` with the default recipe (`scripts/recipe.py`: batch 64, Adam 2e-3, best checkpoint
+by validation BLEU) then `scripts/evaluate_model.py` on the test split, greedy and beam 5, in fresh processes, one
 row after the other. A row whose results exist is kept, so an interrupted table continues where it stopped;
 `--overwrite true` retrains every row. Writes `<output_dir>/table.md` (the table, the machine and budget, and the
 commands of each row) and prints it.
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser
+
+from recipe import DEFAULT_RECIPE
 
 LUONG = ["--preset", "lstm-luong"]
 ROWS = {
@@ -57,7 +59,8 @@ class TableArguments:
     max_source_length: int = 128
     max_train_samples: int | None = field(default=None, metadata={"help": "for a smoke test"})
     max_steps: int | None = field(default=None, metadata={"help": "also stop each row after this many updates"})
-    max_eval_samples: int = field(default=300, metadata={"help": "validation pairs scored during training"})
+    max_eval_samples: int | None = field(default=None, metadata={
+        "help": "validation pairs scored during training (default: the recipe's 300)"})
     test_samples: int | None = field(default=None, metadata={"help": "test pairs scored (default: all)"})
     max_new_tokens: int = field(default=160, metadata={"help": "longest test translation"})
     overwrite: bool = field(default=False, metadata={"help": "retrain rows whose results exist"})
@@ -88,17 +91,13 @@ def train_command(args, row):
         model = [*model, "--max_source_positions", args.max_source_length]
     limits = ["--max_train_samples", args.max_train_samples] if args.max_train_samples else []
     limits += ["--max_steps", args.max_steps] if args.max_steps else []
+    limits += ["--max_eval_samples", args.max_eval_samples] if args.max_eval_samples else []
     return python_command(
         "train", *model, "--dataset", args.dataset, "--source_lang", "es", "--target_lang", "en",
         "--tokenizer", f"{args.output_dir}/tokenizer", "--output_dir", f"{args.output_dir}/{row}/trainer",
         "--overwrite_output_dir", "true", "--max_train_minutes", args.minutes, *limits,
-        "--max_source_length", args.max_source_length, "--num_train_epochs", 100, "--per_device_train_batch_size", 64,
-        "--learning_rate", 2e-3, "--lr_scheduler_type", "constant", "--max_grad_norm", 1.0,
-        "--train_sampling_strategy", "group_by_length", "--eval_strategy", "steps", "--eval_steps", 400,
-        "--save_steps", 400, "--save_total_limit", 2, "--predict_with_generate", "true", "--generation_num_beams", 1,
-        "--generation_max_length", 128, "--max_eval_samples", args.max_eval_samples, "--per_device_eval_batch_size", 64,
-        "--load_best_model_at_end", "true", "--metric_for_best_model", "bleu", "--greater_is_better", "true",
-        "--logging_steps", 25, "--report_to", "tensorboard", "--dataloader_num_workers", 0, "--seed", 1)
+        "--max_source_length", args.max_source_length, *DEFAULT_RECIPE,
+        "--logging_steps", 25, "--report_to", "tensorboard", "--dataloader_num_workers", 0)
 
 
 def evaluate_command(args, row, num_beams):

@@ -43,9 +43,9 @@ from hf_rnn_attn.metrics import load_translation_metric
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 
 # Our side of the comparison; the preset's shape, then run-specific arguments (steps, seed, paths) from `train_ours`.
+REFERENCE_SHAPE = ["--embedding_size", "256", "--hidden_size", "256"]  # with each preset's encoder size below
 HF_TRAIN_ARGS = [
-    "--embedding_size", "256", "--hidden_size", "256",
-    "--dropout", "0", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
+    *REFERENCE_SHAPE, "--dropout", "0", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
     "--lr_scheduler_type", "constant", "--max_grad_norm", "5", "--eval_strategy", "no", "--save_strategy", "no",
     "--report_to", "none", "--dataloader_num_workers", "0", "--use_cpu", "true",
     "--train_sampling_strategy", "group_by_length",  # batches of similar target length: little padding
@@ -77,6 +77,7 @@ ONMT_SPECIALS = 4  # <unk> <blank> <s> </s>, which onmt prepends to the vocabula
 
 BIN = Path(sys.executable).parent
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+ONMT_TRAIN_FOR = Path(__file__).resolve().parent / "onmt_train_for.py"
 GNU_TIME = "/usr/bin/time"
 
 
@@ -326,20 +327,23 @@ def parse_onmt_training_log(log_path):
     return {"steps": steps, "target_tokens": tokens, "loop_seconds": end - start, "first_step_seconds": first - start}
 
 
-def train_onmt(args, data, folder):
+def train_onmt(args, data, folder, minutes=None):
+    """onmt_train for --train_steps, or for `minutes` of wall-clock time (scripts/onmt_train_for.py)."""
+    steps = args.train_steps if minutes is None else 10**9
     config = {
         **onmt_settings(args.preset),
         "data": {"corpus_1": {"path_src": str(data / "train.src.sub"), "path_tgt": str(data / "train.tgt.sub")},
                  "valid": {"path_src": str(data / "valid.src.sub"), "path_tgt": str(data / "valid.tgt.sub")}},
         "src_vocab": str(data / "vocab.txt"),
         "save_model": str(folder / "model"),
-        "train_steps": args.train_steps, "save_checkpoint_steps": args.train_steps, "seed": args.seed,
+        "train_steps": steps, "save_checkpoint_steps": steps, "seed": args.seed,
     }
     if args.onmt_bucket_size is not None:
         config["bucket_size"] = args.onmt_bucket_size
     config_path = folder / "train.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    run = run_measured([BIN / "onmt_train", "-config", config_path], folder / "train.log", onmt_env(args.threads))
+    command = [BIN / "onmt_train"] if minutes is None else [sys.executable, ONMT_TRAIN_FOR, minutes]
+    run = run_measured([*command, "-config", config_path], folder / "train.log", onmt_env(args.threads))
     return {**run, **parse_onmt_training_log(folder / "train.log")}
 
 

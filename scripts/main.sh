@@ -33,11 +33,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 $PY scripts/train.py --dataset "$DATA" --source_lang es --target_lang en --preset "$PRESET" \
   --output_dir "$RUN/trainer" --max_train_minutes "$MINUTES" \
   ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
-  --num_train_epochs 100 --per_device_train_batch_size 64 --learning_rate 2e-3 --lr_scheduler_type constant \
-  --max_grad_norm 1.0 --train_sampling_strategy group_by_length --eval_strategy steps --eval_steps 400 --save_steps 400 \
-  --save_total_limit 2 --predict_with_generate true --generation_num_beams 1 --generation_max_length 128 --max_eval_samples 300 \
-  --per_device_eval_batch_size 64 --load_best_model_at_end true --metric_for_best_model bleu \
-  --greater_is_better true --logging_steps 25 --report_to tensorboard --dataloader_num_workers 0 --seed 1 \
+  $($PY scripts/recipe.py) --logging_steps 25 --report_to tensorboard --dataloader_num_workers 0 \
   --overwrite_output_dir "$OVERWRITE"
 
 for BEAMS in 1 5; do

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -16,7 +17,10 @@ TARGETS = [" ".join(reversed(source.split())) for source in SOURCES]
 
 
 def load_script(name):
-    """scripts/<name>.py as a module, so that a test can call its `main(argv)`."""
+    """scripts/<name>.py as a module, so that a test can call its `main(argv)`; its folder goes on sys.path, as
+    `python scripts/<name>.py` puts it, for the scripts that import a sibling (scripts/recipe.py)."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.append(str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
