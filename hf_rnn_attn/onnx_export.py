@@ -36,6 +36,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import types
 import warnings
 from contextlib import contextmanager
@@ -130,10 +131,17 @@ def export_onnx(model, output_dir, tokenizer=None, int8=False):
     model = _traceable(model)
     metadata = {"hf_rnn_attn_format": EXPORT_FORMAT, "hf_rnn_attn_config": json.dumps(architecture(model.config)),
                 "hf_rnn_attn_weights": _weights_digest(model)}
-    encoder_path, decoder_path = (output_dir / name for name in GRAPH_FILES[False])
-    _export_graphs(model, encoder_path, decoder_path, metadata)
-    _check_graphs(model, encoder_path, decoder_path)
-    written = [encoder_path, decoder_path]
+    written = [output_dir / name for name in GRAPH_FILES[False]]
+    # Traced and checked under temporary names: graphs that disagree with the model never replace an earlier export.
+    staged = [path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in written]
+    try:
+        _export_graphs(model, *staged, metadata)
+        _check_graphs(model, *staged)
+        for source, target in zip(staged, written):
+            os.replace(source, target)
+    finally:
+        for path in staged:
+            path.unlink(missing_ok=True)
     if int8:
         for source, target in zip(written[:2], (output_dir / name for name in GRAPH_FILES[True])):
             _quantize(source, target)

@@ -244,6 +244,21 @@ def test_encoder_and_decoder_of_two_exports_are_refused(tmp_path):
         ONNXTranslator(tmp_path / "0")
 
 
+def test_graphs_that_fail_the_check_leave_the_earlier_export_as_it_was(tmp_path, monkeypatch):
+    export_onnx(tiny_model("lstm-luong-general"), tmp_path)
+    earlier = {name: (tmp_path / name).read_bytes() for name in GRAPH_FILES[False]}
+
+    def disagree(model, encoder_path, decoder_path):
+        raise RuntimeError("The exported graphs disagree with the model")
+
+    monkeypatch.setattr("hf_rnn_attn.onnx_export._check_graphs", disagree)
+    with pytest.raises(RuntimeError, match="disagree"):
+        export_onnx(tiny_model("lstm-luong-general", seed=1), tmp_path)
+    assert {name: (tmp_path / name).read_bytes() for name in GRAPH_FILES[False]} == earlier
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+    ONNXTranslator(tmp_path)  # still the earlier, whole export
+
+
 def test_local_m_is_refused(tmp_path):
     with pytest.raises(ValueError, match="ONNX export does not support attention_type='local-m'"):
         export_onnx(tiny_model("bigru-local-m-dot"), tmp_path)
