@@ -4,9 +4,10 @@ Usage:
     .venv/bin/python scripts/onmt_train_for.py MINUTES -config train.yaml    # any onmt_train options after MINUTES
 
 The clock starts when its training loop asks for the first batch (filling its bucket of examples counts), as
-`--max_train_minutes` of scripts/train.py starts when its training begins. The loop then ends as if `train_steps` had been
-reached, and OpenNMT-py saves `model_step_N.pt` at the step it got to. On CPU onmt_train trains in this process,
-so patching its Trainer here is enough.
+`--max_train_minutes` of scripts/train.py starts when its training begins; like it, the step during which the time
+runs out is the last. The loop then ends as if `train_steps` had been reached, and OpenNMT-py saves
+`model_step_N.pt` at the step it got to. On CPU onmt_train trains in this process, so patching its Trainer here is
+enough.
 """
 
 import sys
@@ -20,9 +21,9 @@ def stop_after(trainer_class, seconds):
     def batches_until_deadline(self, iterator):
         deadline = time.monotonic() + seconds
         for batches in accumulate(self, iterator):
+            yield batches  # the loop trains on it before asking for the next
             if time.monotonic() >= deadline:
                 return
-            yield batches
 
     trainer_class._accum_batches = batches_until_deadline
 
