@@ -61,8 +61,8 @@ class CoveragePenalty:
 class CoveragePenaltyMixin:
     """The generate() hooks of the coverage penalty, for a model whose decoder state has a `coverage` (B x S).
 
-    The model's `_beam_search` runs inside `_scoring_coverage(beta)`; transformers' loop shows each step's state
-    through `_update_model_kwargs_for_generation`, the lean loop calls `observe` itself.
+    `lean_decoding.LeanGenerationMixin._beam_search` runs inside `_scoring_coverage(beta)`; transformers' loop shows
+    each step's state through `_update_model_kwargs_for_generation`, the lean loop calls `observe` itself.
     """
 
     _coverage_penalty = None  # the CoveragePenalty of the beam search running now, if it has one

@@ -28,9 +28,8 @@ from transformers import AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import ModelOutput
 
-from .beam_penalties import CoveragePenaltyMixin
 from .configuration_rnn_attn import RNNAttnConfig
-from .lean_decoding import ActiveRows, beam_search, greedy_search, lean_decoding_applies
+from .lean_decoding import ActiveRows, LeanGenerationMixin
 from .modeling_rnn_attn import RNNAttnForConditionalGeneration, check_num_beams, with_config_defaults
 
 # Members must agree on these, or the same id would mean different tokens (or none) to different members.
@@ -99,6 +98,7 @@ class EnsembleRows:
     def __init__(self, ensemble, model_kwargs, track_coverage=False):
         self.members = [ActiveRows(member, {**model_kwargs, "encoder_outputs": output}, track_coverage)
                         for member, output in zip(ensemble.members, model_kwargs["encoder_outputs"].members)]
+        self.refillable = all(rows.refillable for rows in self.members)
 
     @property
     def mask(self):
@@ -147,7 +147,7 @@ def check_members(members):
                              f"ensemble models trained with one tokenizer.")
 
 
-class RNNAttnEnsemble(CoveragePenaltyMixin, PreTrainedModel, GenerationMixin):
+class RNNAttnEnsemble(LeanGenerationMixin, PreTrainedModel, GenerationMixin):
     """Several `RNNAttnForConditionalGeneration` models decoding as one (see the module docstring).
 
     `generate()` works as for one model, greedy, beam search (with the lean loops, `source_length_cap`,
@@ -158,6 +158,7 @@ class RNNAttnEnsemble(CoveragePenaltyMixin, PreTrainedModel, GenerationMixin):
     config_class = RNNAttnConfig
     main_input_name = "input_ids"
     _is_stateful = True
+    _rows_class = EnsembleRows
 
     def __init__(self, members):
         members = list(members)
@@ -188,32 +189,9 @@ class RNNAttnEnsemble(CoveragePenaltyMixin, PreTrainedModel, GenerationMixin):
         check_num_beams(kwargs.get("num_beams", (generation_config or self.generation_config).num_beams))
         return super().generate(inputs, generation_config=generation_config, **kwargs)
 
-    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
-                streamer=None, **model_kwargs):
-        """Greedy search runs `lean_decoding.greedy_search` on every member's rows, as for one model."""
-        if any(member.config.attention_type == "local-m" for member in self.members):
-            model_kwargs["max_active_rows"] = None  # as for one local-m model: a refilled row would take the wrong t
-        if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
-                                 model_kwargs):
-            return greedy_search(self, input_ids, stopping_criteria, generation_config, rows_class=EnsembleRows,
-                                 **model_kwargs)
-        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
-                               streamer, **model_kwargs)
-
-    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
-                     coverage_penalty=None, **model_kwargs):
-        """Beam search runs `lean_decoding.beam_search` on every member's rows, as for one model."""
-        with self._scoring_coverage(coverage_penalty):
-            if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, None,
-                                     model_kwargs):
-                return beam_search(self, input_ids, stopping_criteria, generation_config, rows_class=EnsembleRows,
-                                   **model_kwargs)
-            if coverage_penalty is not None:  # the first states, which sum the attention weights from here on
-                model_kwargs["past_key_values"] = EnsembleState(tuple(
-                    member.get_decoder().initial_state(output, track_coverage=True)
-                    for member, output in zip(self.members, model_kwargs["encoder_outputs"].members)))
-            return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config,
-                                        synced_gpus, **model_kwargs)
+    def _coverage_tracking_state(self, encoder_outputs):
+        return EnsembleState(tuple(member.get_decoder().initial_state(output, track_coverage=True)
+                                   for member, output in zip(self.members, encoder_outputs.members)))
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
                 past_key_values=None, use_cache=None, output_attentions=None, return_dict=None,

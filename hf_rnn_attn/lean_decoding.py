@@ -21,6 +21,8 @@ from dataclasses import replace
 import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
+from .beam_penalties import CoveragePenaltyMixin
+
 
 def lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
                           model_kwargs):
@@ -47,6 +49,9 @@ class ActiveRows:
         if self.mask is None:
             self.mask = self.keys.new_ones(self.keys.shape[:2], dtype=torch.long)
         self.state = model.model.decoder.initial_state(encoder_outputs, track_coverage=track_coverage)
+        # Under local-m (`p_t = t`) a row joining later would take the step count of the rows already decoding,
+        # which the state holds once for all rows (`seen_tokens`).
+        self.refillable = model.config.attention_type != "local-m"
 
     def next_logits(self, tokens):
         """Logits of the next token (R x V, float32) after feeding `tokens`: R x P (the prompt) or R (one step)."""
@@ -112,9 +117,8 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
     limits = None
     if source_length_cap is not None:
         limits = source_length_limits(source_length_cap, waiting.mask, prompt_len)
-    # Rows joining later would need their whole prompt first; under local-m (`p_t = t`) they would also take the
-    # step count of the rows already decoding, which the state holds once for all rows (`seen_tokens`).
-    if max_active_rows is None or prompt_len > 1 or model.config.attention_type == "local-m":
+    # Rows joining later would need their whole prompt first, and some states cannot take rows that join later.
+    if max_active_rows is None or prompt_len > 1 or not waiting.refillable:
         max_active_rows = batch_size
     lengths = torch.full((batch_size,), prompt_len, device=device)  # tokens in each sequence
     active = torch.zeros(0, dtype=torch.long, device=device)  # sentence of each row
@@ -231,3 +235,34 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
     sequences = sequences[:, :num_return_sequences].flatten(0, 1)
     indices = indices[:, :num_return_sequences].flatten(0, 1)
     return sequences[:, :prompt_len + int((indices + 1).bool().sum(dim=1).max())]
+
+
+class LeanGenerationMixin(CoveragePenaltyMixin):
+    """generate()'s greedy `_sample` and `_beam_search` run the lean loops above when they apply (same tokens,
+    ended sentences leave the batch), else transformers' loops; beam search takes GNMT's coverage penalty
+    (`beam_penalties.py`). For one model and for an ensemble: `_rows_class` holds the rows' decoder inputs, and
+    `_coverage_tracking_state(encoder_outputs)` is the first decoder state of transformers' loop when it must sum
+    the attention weights."""
+
+    _rows_class = ActiveRows
+
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                streamer=None, **model_kwargs):
+        if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
+                                 model_kwargs):
+            return greedy_search(self, input_ids, stopping_criteria, generation_config, rows_class=self._rows_class,
+                                 **model_kwargs)
+        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
+                               streamer, **model_kwargs)
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                     coverage_penalty=None, **model_kwargs):
+        with self._scoring_coverage(coverage_penalty):
+            if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, None,
+                                     model_kwargs):
+                return beam_search(self, input_ids, stopping_criteria, generation_config, rows_class=self._rows_class,
+                                   **model_kwargs)
+            if coverage_penalty is not None:  # the first state, which sums the attention weights from here on
+                model_kwargs["past_key_values"] = self._coverage_tracking_state(model_kwargs["encoder_outputs"])
+            return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config,
+                                        synced_gpus, **model_kwargs)

@@ -21,9 +21,8 @@ from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import ModelOutput, logging
 
 from .attention import ALIGNMENTS, SCORES, attend, local_window
-from .beam_penalties import CoveragePenaltyMixin
 from .configuration_rnn_attn import RNNAttnConfig
-from .lean_decoding import beam_search, greedy_search, lean_decoding_applies
+from .lean_decoding import LeanGenerationMixin
 from .linear_cross_entropy import linear_cross_entropy
 
 logger = logging.get_logger(__name__)
@@ -662,7 +661,7 @@ class RNNAttnModel(RNNAttnPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class RNNAttnForConditionalGeneration(CoveragePenaltyMixin, RNNAttnPreTrainedModel, GenerationMixin):
+class RNNAttnForConditionalGeneration(LeanGenerationMixin, RNNAttnPreTrainedModel, GenerationMixin):
     """`RNNAttnModel` plus the vocabulary projection, the loss from `labels`, and `generate()`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
@@ -686,28 +685,8 @@ class RNNAttnForConditionalGeneration(CoveragePenaltyMixin, RNNAttnPreTrainedMod
     def get_decoder(self):
         return self.model.decoder
 
-    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
-                streamer=None, **model_kwargs):
-        """Greedy search runs `lean_decoding.greedy_search` (same tokens, finished rows leave the batch)."""
-        if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
-                                 model_kwargs):
-            return greedy_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
-        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
-                               streamer, **model_kwargs)
-
-    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
-                     coverage_penalty=None, **model_kwargs):
-        """Beam search runs `lean_decoding.beam_search` (same tokens, ended sentences leave the batch), with
-        GNMT's coverage penalty when asked (`beam_penalties.py`)."""
-        with self._scoring_coverage(coverage_penalty):
-            if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, None,
-                                     model_kwargs):
-                return beam_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
-            if coverage_penalty is not None:  # the first state, which sums the attention weights from here on
-                model_kwargs["past_key_values"] = self.model.decoder.initial_state(model_kwargs["encoder_outputs"],
-                                                                                   track_coverage=True)
-            return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config,
-                                        synced_gpus, **model_kwargs)
+    def _coverage_tracking_state(self, encoder_outputs):
+        return self.model.decoder.initial_state(encoder_outputs, track_coverage=True)
 
     def get_output_embeddings(self):
         return self.lm_head

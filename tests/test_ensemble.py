@@ -10,7 +10,7 @@ from tiny_models import tiny_model
 from transformers import LogitsProcessorList
 
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, cli
-from hf_rnn_attn import ensemble as ensemble_module
+from hf_rnn_attn import lean_decoding
 from hf_rnn_attn.ensemble import RNNAttnEnsemble, load_ensemble
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 
@@ -97,8 +97,8 @@ def test_beam_scores_are_the_normalised_mean_log_probabilities_of_the_returned_s
 def test_lean_loops_give_the_tokens_of_transformers_loops(search, monkeypatch):
     calls = []
     for name in ("greedy_search", "beam_search"):
-        loop = getattr(ensemble_module, name)
-        monkeypatch.setattr(ensemble_module, name,
+        loop = getattr(lean_decoding, name)
+        monkeypatch.setattr(lean_decoding, name,
                             lambda *args, _loop=loop, **kwargs: calls.append(1) or _loop(*args, **kwargs))
     ensemble = RNNAttnEnsemble(different_pair())
     kwargs = dict(**batch(), **SEARCHES.get(search, {"num_beams": 1, "max_active_rows": 2}))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from hf_rnn_attn import modeling_rnn_attn
+from hf_rnn_attn import lean_decoding
 from hf_rnn_attn import attention
 from hf_rnn_attn.attention import AdditiveScoreFunction
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
@@ -81,8 +81,8 @@ GENERATION_CASES = {
 def test_lean_decoding_gives_the_tokens_of_transformers_loops(variant, case, monkeypatch):
     calls = []
     for name in ("greedy_search", "beam_search"):
-        loop = getattr(modeling_rnn_attn, name)
-        monkeypatch.setattr(modeling_rnn_attn, name, lambda *args, _loop=loop, **kwargs: calls.append(1) or _loop(*args, **kwargs))
+        loop = getattr(lean_decoding, name)
+        monkeypatch.setattr(lean_decoding, name, lambda *args, _loop=loop, **kwargs: calls.append(1) or _loop(*args, **kwargs))
     model = tiny_model(variant, eos_token_id=3)  # token 3 is frequent in the tiny models: sentences end at many steps
     input_ids, attention_mask = source_batch(batch_size=3)
     input_ids = torch.cat([input_ids, input_ids.flip(0)])
