@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import TextStreamer
 
+from scoring_helpers import teacher_forced_scores
 from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
 
 ALL_VARIANTS = [*VARIANTS, *LOCAL_VARIANTS]
@@ -13,13 +14,6 @@ def up_to_eos(model, sequences):
     """B x (T - 1): True for each generated token (after the start token) up to and including the first eos."""
     is_eos = (sequences[:, 1:] == model.config.eos_token_id).long()
     return (is_eos.cumsum(1) - is_eos) == 0
-
-
-def sequence_log_probs(model, input_ids, attention_mask, sequences):
-    """Sum of log p(y_t) of each sequence's generated tokens, up to and including its eos."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=sequences[:, :-1]).logits
-    token_log_probs = logits.log_softmax(-1).gather(-1, sequences[:, 1:, None]).squeeze(-1)
-    return token_log_probs.masked_fill(~up_to_eos(model, sequences), 0.0).sum(1)
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
@@ -43,9 +37,7 @@ def test_beam_scores_equal_recomputed_log_probabilities(variant):
                          num_return_sequences=3, length_penalty=0.0, early_stopping=True,
                          output_scores=True, return_dict_in_generate=True)
     assert out.sequences.shape[0] == 9
-    expanded_ids = input_ids.repeat_interleave(3, dim=0)
-    expanded_mask = attention_mask.repeat_interleave(3, dim=0)
-    recomputed = sequence_log_probs(model, expanded_ids, expanded_mask, out.sequences)
+    recomputed, *_ = teacher_forced_scores(model, input_ids, attention_mask, out.sequences, model.config.eos_token_id)
     torch.testing.assert_close(out.sequences_scores, recomputed, atol=1e-4, rtol=1e-4)
 
 
@@ -54,8 +46,8 @@ def test_beam_scores_with_length_penalty_are_normalised_by_length():
     input_ids, attention_mask = source_batch(seed=5)
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=7, num_beams=3,
                          length_penalty=1.0, output_scores=True, return_dict_in_generate=True)
-    recomputed = sequence_log_probs(model, input_ids, attention_mask, out.sequences)
-    lengths = up_to_eos(model, out.sequences).sum(1)
+    recomputed, lengths, *_ = teacher_forced_scores(model, input_ids, attention_mask, out.sequences,
+                                                    model.config.eos_token_id)
     torch.testing.assert_close(out.sequences_scores, recomputed / lengths, atol=1e-4, rtol=1e-4)
 
 

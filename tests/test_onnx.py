@@ -15,6 +15,7 @@ from hf_rnn_attn.onnx_export import export_onnx
 from hf_rnn_attn.quantization import quantize_int8
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
+from scoring_helpers import teacher_forced_scores
 from tiny_models import LOCAL_VARIANTS, VARIANTS, copy_task_sentences, source_batch, tiny_model, train_copy_model
 
 # Every variant the export takes: all but local-m, whose window follows the step index (see export_onnx).
@@ -22,14 +23,6 @@ EXPORTABLE = [*VARIANTS, *(name for name, (_, overrides) in LOCAL_VARIANTS.items
                             if overrides["attention_type"] == "local-p")]
 # Another batch size and source length than the export traces, so that every dynamic axis is exercised.
 BATCH = dict(seed=1, batch_size=4, length=9)
-
-
-def sequence_log_probs(model, input_ids, attention_mask, sequences):
-    """Summed log p(y_t) of each sequence's generated tokens, up to and including its first EOS."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=sequences[:, :-1]).logits
-    token_log_probs = logits.log_softmax(-1).gather(-1, sequences[:, 1:, None]).squeeze(-1)
-    is_eos = (sequences[:, 1:] == model.config.eos_token_id).long()
-    return token_log_probs.masked_fill((is_eos.cumsum(1) - is_eos) > 0, 0.0).sum(1)
 
 
 def lively_model(variant, **overrides):
@@ -64,8 +57,7 @@ def test_greedy_search_equals_generate(variant, exported):
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=15)
     output = translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15)
     np.testing.assert_array_equal(output.sequences, expected.numpy())
-    with torch.no_grad():
-        log_probs = sequence_log_probs(model, input_ids, attention_mask, expected)
+    log_probs, *_ = teacher_forced_scores(model, input_ids, attention_mask, expected, model.config.eos_token_id)
     np.testing.assert_allclose(output.scores, log_probs.numpy(), atol=1e-4, rtol=0)
 
 
