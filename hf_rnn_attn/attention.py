@@ -57,27 +57,47 @@ class AdditiveScoreFunction(torch.autograd.Function):
     def forward(ctx, query, keys, v):
         """query B x T x A, keys B x S x A, v A -> scores B x T x S."""
         ctx.save_for_backward(query, keys, v)
-        scores = query.new_empty(query.size(0), query.size(1), keys.size(1))
-        for rows, steps, sigmoids in _sigmoid_blocks(query, keys):
-            scores[rows, steps] = 2 * (sigmoids @ v) - v.sum()
-        return scores
+        return additive_scores(query, keys, v)
 
     @staticmethod
     def backward(ctx, grad_scores):
         query, keys, v = ctx.saved_tensors
-        grad_query, grad_keys, grad_v = torch.empty_like(query), torch.empty_like(keys), torch.zeros_like(v)
-        for rows, steps, sigmoids in _sigmoid_blocks(query, keys):
-            grad = grad_scores[rows, steps].unsqueeze(-1)  # b x t x S x 1
-            # Not addmv_: under autocast the buffer is bf16 while v (and so grad_v) stays fp32.
-            grad_v += 2 * (grad.reshape(1, -1) @ sigmoids.reshape(-1, sigmoids.size(-1))).squeeze(0) - grad.sum()
-            # s (1 - s) * grad, in place in the buffer; the factor 4 v comes after the sums.
-            grad_sum = torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1, out=sigmoids).mul_(grad)  # b x t x S x A
-            grad_query[rows, steps] = grad_sum.sum(dim=2)
-            if steps.start == 0:
-                torch.sum(grad_sum, dim=1, out=grad_keys[rows])
-            else:
-                grad_keys[rows] += grad_sum.sum(dim=1)
+        grad_keys = torch.empty_like(keys)
+        grad_query, grad_v = additive_score_sums(grad_scores, query, keys, v, grad_keys)
         return grad_query.mul_(4 * v), grad_keys.mul_(4 * v), grad_v
+
+
+def additive_scores(query, keys, v):
+    """`2 v^T s - sum(v)` with `s = sigmoid(2 q_t + 2 k_i)` (`AdditiveScoreFunction`): query B x T x A,
+    keys B x S x A, v A -> scores B x T x S, without autograd."""
+    scores = query.new_empty(query.size(0), query.size(1), keys.size(1))
+    for rows, steps, sigmoids in _sigmoid_blocks(query, keys):
+        scores[rows, steps] = 2 * (sigmoids @ v) - v.sum()
+    return scores
+
+
+def additive_score_sums(grad_scores, query, keys, v, grad_keys_sum, accumulate=False):
+    """The backward pass of `additive_scores` up to the factor `4 v` that both input gradients share.
+
+    With `u = s (1 - s) * grad_scores` (B x T x S x A), returns `sum_i u` (B x T x A; times 4 v: the gradient of
+    the query) and the gradient of `v`, and writes `sum_t u` (B x S x A; times 4 v: the gradient of the keys) into
+    `grad_keys_sum`, or adds it there with `accumulate`: a decoder that scores one step at a time sums its keys'
+    gradient over the steps before it scales once.
+    """
+    grad_query_sum, grad_v = torch.empty_like(query), torch.zeros_like(v)
+    for rows, steps, sigmoids in _sigmoid_blocks(query, keys):
+        grad = grad_scores[rows, steps].unsqueeze(-1)  # b x t x S x 1
+        # Not addmv_: under autocast the buffer is bf16 while v (and so grad_v) stays fp32.
+        grad_v += 2 * (grad.reshape(1, -1) @ sigmoids.reshape(-1, sigmoids.size(-1))).squeeze(0) - grad.sum()
+        grad_sum = torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1, out=sigmoids).mul_(grad)  # b x t x S x A: u
+        grad_query_sum[rows, steps] = grad_sum.sum(dim=2)
+        # A sum over one step is a copy, and PyTorch's sum over a dimension of size 1 is several times slower.
+        keys_sum = grad_sum[:, 0] if grad_sum.size(1) == 1 else grad_sum.sum(dim=1)  # b x S x A
+        if steps.start == 0 and not accumulate:
+            grad_keys_sum[rows] = keys_sum
+        else:
+            grad_keys_sum[rows] += keys_sum
+    return grad_query_sum, grad_v
 
 
 _WORKSPACE_ELEMENTS = 1 << 22  # 16 MB in fp32: at most this much of `s` at once

@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput, logging
 
 from .attention import ALIGNMENTS, SCORES, attend, local_window
 from .configuration_rnn_attn import RNNAttnConfig
+from .fused_unroll import fuses, unroll_gru_attention
 from .lean_decoding import LeanGenerationMixin
 from .linear_cross_entropy import linear_cross_entropy
 
@@ -442,7 +443,11 @@ class RNNAttnDecoder(nn.Module):
             states (B x T x H; the last is the top layer's `h_t`).
         """
         embedded = self.dropout(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)  # B x T x E
-        run = self._unroll_with_input_feeding if self.config.input_feeding and embedded.size(1) > 1 else self.step
+        run = self.step
+        if self.config.input_feeding and embedded.size(1) > 1:
+            # The hand-written backward pass is written for float32/64: under autocast the autograd unroll runs.
+            fused = fuses(self.config) and not torch.is_autocast_enabled(embedded.device.type)
+            run = self._unroll_fused if fused else self._unroll_with_input_feeding
         output, weights, new_state, layers = run(embedded, state, keys, attention_mask, output_hidden_states)
         if state.coverage is not None:
             new_state.coverage = state.coverage + weights.sum(dim=1)  # B x S: sum_t alpha_ti
@@ -489,6 +494,17 @@ class RNNAttnDecoder(nn.Module):
         if self.W_c is not None:
             output = torch.tanh(self.W_c(output))  # B x T x H: tanh(W_c [h_t ; c_t])
         return output
+
+    def _unroll_fused(self, embedded, state, keys, attention_mask, output_hidden_states=False):
+        """`_unroll_with_input_feeding` for a one-layer GRU with global additive attention (`fused_unroll.py`):
+        the same results, with a hand-written backward pass."""
+        rnn, embedding_size = self.rnn, self.config.embedding_size
+        embedded_gates = F.linear(embedded, rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0)  # B x T x 3H
+        top, contexts, weights = unroll_gru_attention(embedded_gates, state.hidden[:, 0], state.context, keys,
+                                                      state.projected_keys, attention_mask, rnn, self.score)
+        new_state = RNNAttnState.from_rnn((top[:, -1:],), context=contexts[:, -1], projected_keys=state.projected_keys,
+                                          seen_tokens=state.seen_tokens + embedded.size(1))
+        return self.output(top, contexts), weights, new_state, (top,) if output_hidden_states else None
 
     def _unroll_with_input_feeding(self, embedded, state, keys, attention_mask, output_hidden_states=False):
         """`step` over T > 1 teacher-forced tokens with input feeding, fused: the same results, faster.

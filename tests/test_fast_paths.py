@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from hf_rnn_attn import lean_decoding
-from hf_rnn_attn import attention
+from hf_rnn_attn import attention, lean_decoding, modeling_rnn_attn
 from hf_rnn_attn.attention import AdditiveScoreFunction
+from hf_rnn_attn.fused_unroll import _GRUAttentionUnroll, fuses
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
 from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
 
@@ -172,3 +172,71 @@ def test_refilled_greedy_search_gives_the_tokens_of_transformers_loop(variant):
         assert torch.equal(model.generate(max_active_rows=max_active_rows, **kwargs), reference)
     capped = model.generate(source_length_cap=(0.5, 1), **kwargs)
     assert torch.equal(model.generate(source_length_cap=(0.5, 1), max_active_rows=2, **kwargs), capped)
+
+
+def _unroll_calls(monkeypatch):
+    """Counts the decoder's calls of the fused unroll (`fused_unroll.unroll_gru_attention`)."""
+    calls = []
+    original = modeling_rnn_attn.unroll_gru_attention
+    monkeypatch.setattr(modeling_rnn_attn, "unroll_gru_attention",
+                        lambda *args: calls.append(args[0].shape) or original(*args))
+    return calls
+
+
+@pytest.mark.parametrize("encoder_hidden_size", [8, 12])  # K = H = 16, and K = 24 != H through the bridge
+def test_fused_gru_attention_unroll_equals_the_plain_step(encoder_hidden_size, monkeypatch):
+    """bigru-bahdanau's teacher-forced decoder (`fused_unroll.py`, a hand-written backward pass) against the plain
+    step, token by token: outputs, attention, the state after the tokens, and the gradients of every parameter
+    (the encoder's through the keys, projected keys and start state) for a loss on all of them. The second piece
+    starts from the first one's state, as a continued teacher-forced pass does."""
+    calls = _unroll_calls(monkeypatch)
+    model = tiny_model("bigru-bahdanau", encoder_hidden_size=encoder_hidden_size)
+    assert fuses(model.config)
+    input_ids, attention_mask = source_batch()
+    targets = torch.randint(3, 20, (3, 6), generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(2)
+    probes = [torch.randn(3, 6, model.config.output_layer_input_size, generator=generator),
+              torch.randn(3, 1, 6, 7, generator=generator), torch.randn(3, 1, 16, generator=generator),
+              torch.randn(3, model.config.encoder_output_size, generator=generator)]
+
+    def run(pieces):
+        encoder_outputs, state, features, weights = model.get_encoder()(input_ids, attention_mask), None, [], []
+        for piece in pieces:
+            out = model.model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+                              decoder_input_ids=targets[:, piece], past_key_values=state, use_cache=True,
+                              output_attentions=True)
+            state = out.past_key_values
+            features.append(out.last_hidden_state)
+            weights.append(out.cross_attentions[0])
+        outputs = [torch.cat(features, dim=1), torch.cat(weights, dim=2), state.hidden, state.context]
+        loss = sum((output * probe).sum() for output, probe in zip(outputs, probes))
+        named = dict(model.model.named_parameters())  # all but the output layer, which this pass does not reach
+        return outputs, state, dict(zip(named, torch.autograd.grad(loss, list(named.values()), allow_unused=True)))
+
+    plain_outputs, plain_state, plain_grads = run([slice(t, t + 1) for t in range(6)])
+    assert calls == []  # one token at a time: the plain step
+    fused_outputs, fused_state, fused_grads = run([slice(0, 2), slice(2, 6)])
+    assert calls == [torch.Size((3, 2, 48)), torch.Size((3, 4, 48))]  # B x T x 3H embedded gates
+
+    torch.testing.assert_close(fused_outputs, plain_outputs, atol=1e-5, rtol=1e-5)
+    assert fused_state.seen_tokens == plain_state.seen_tokens == 6
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, plain_grad in plain_grads.items():
+        assert plain_grad is not None, name
+        torch.testing.assert_close(fused_grads[name], plain_grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_fused_gru_attention_unroll_passes_gradcheck():
+    """The hand-written backward pass against numerical derivatives for every input and weight, in float64, with
+    padding in the source."""
+    generator = torch.Generator().manual_seed(0)
+    batch, steps, source, hidden, key, score = 2, 3, 4, 3, 4, 5
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    inputs = (leaf(batch, steps, 3 * hidden), leaf(batch, hidden), leaf(batch, key), leaf(batch, source, key),
+              leaf(batch, source, score), attention_mask, leaf(3 * hidden, key), leaf(3 * hidden, hidden),
+              leaf(3 * hidden), leaf(score, hidden), leaf(score))
+    assert torch.autograd.gradcheck(_GRUAttentionUnroll.apply, inputs)
