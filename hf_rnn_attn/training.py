@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch.optim.lr_scheduler import LambdaLR
 from accelerate import PartialState
 from transformers import AutoTokenizer, Seq2SeqTrainer, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler, nested_gather
@@ -71,6 +72,9 @@ class DataArguments:
     max_train_samples: int | None = None
     max_eval_samples: int | None = field(default=500, metadata={"help": "validation pairs scored during training"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop training after this many minutes"})
+    lr_schedule_by_time: bool = field(default=False, metadata={
+        "help": "with --max_train_minutes: run --lr_scheduler_type (and a --warmup_steps ratio) over the minutes "
+                "instead of the steps, so that a linear schedule reaches 0 when the time is up"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without BLEU gain"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an --output_dir that holds a run, deleting its checkpoints (else refused)"})
@@ -78,6 +82,8 @@ class DataArguments:
     def __post_init__(self):
         check_positive(self, ("max_source_length", "max_target_length", "max_train_samples", "max_eval_samples",
                               "max_train_minutes", "early_stopping_patience"))
+        if self.lr_schedule_by_time and self.max_train_minutes is None:
+            raise ValueError("--lr_schedule_by_time needs --max_train_minutes: the schedule runs over that time.")
 
 
 def check_output_dir(output_dir, overwrite_output_dir=False, resume_from_checkpoint=None):
@@ -206,6 +212,8 @@ class TranslationTrainer(Seq2SeqTrainer):
     """
 
     _loss_before_resume = 0.0  # summed loss of the steps before the checkpoint resumed from; None if unknown
+    # A `TimeBudgetCallback` whose time the learning-rate schedule runs over (`schedule_over_time`); None: steps.
+    schedule_clock = None
 
     target_tokens_seen = 0  # real (non -100) target tokens trained on by this process
 
@@ -225,6 +233,16 @@ class TranslationTrainer(Seq2SeqTrainer):
         lengths = [len(labels) * 100_000 + len(ids) for labels, ids in zip(dataset["labels"], dataset["input_ids"])]
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=lengths)
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        if self.schedule_clock is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.args.warmup_steps >= 1:
+            raise ValueError(f"--lr_schedule_by_time takes the warm-up as a fraction of the time (--warmup_steps "
+                             f"below 1), got --warmup_steps {self.args.warmup_steps}.")
+        scheduler = super().create_scheduler(TIME_SCHEDULE_STEPS, optimizer)
+        self.lr_scheduler = schedule_over_time(scheduler, self.schedule_clock.fraction_spent)
+        return self.lr_scheduler
 
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
@@ -298,6 +316,29 @@ def _is_disk_full(error):
         sign in str(error) for sign in ("No space left", "unexpected pos"))
 
 
+# The resolution of a schedule over time: it is built for this many steps, and the time spent picks the step.
+TIME_SCHEDULE_STEPS = 10_000
+
+
+def schedule_over_time(scheduler, fraction_spent, steps=TIME_SCHEDULE_STEPS):
+    """`scheduler`, a `LambdaLR` built for `steps` steps (transformers' `get_scheduler`), driven by the fraction of
+    a time budget spent (`fraction_spent()`, 0 to 1) instead of by the updates done.
+
+    A run with a time budget does not know how many updates it will make: a schedule over steps would end early
+    or never. Budgeted training (Li et al. 2020, "Budgeted Training: Rethinking Deep Neural Network Training
+    Under Resource Constraints") finds a linear decay to 0 at the end of the budget the best of the common schedules.
+    """
+    if not isinstance(scheduler, LambdaLR):
+        raise ValueError(f"--lr_schedule_by_time needs a step-based --lr_scheduler_type (linear, cosine, constant, "
+                         f"...), got {type(scheduler).__name__}.")
+
+    def by_time(by_step):
+        return lambda _: by_step(min(steps, round(fraction_spent() * steps)))
+
+    scheduler.lr_lambdas = [by_time(by_step) for by_step in scheduler.lr_lambdas]
+    return scheduler
+
+
 class TimeBudgetCallback(TrainerCallback):
     """Stops training after `minutes` of wall-clock time, evaluating and saving the last state first,
     so that a bounded run still ends with a scored, loadable checkpoint."""
@@ -305,6 +346,10 @@ class TimeBudgetCallback(TrainerCallback):
     def __init__(self, minutes):
         self.seconds = minutes * 60
         self.start = None
+
+    def fraction_spent(self):
+        """The share of the budget spent since training began (0 before, at most 1)."""
+        return 0.0 if self.start is None else min(1.0, (time.monotonic() - self.start) / self.seconds)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()

@@ -40,8 +40,10 @@ def main(argv=None):
     model.generation_config.num_beams = training_args.generation_num_beams or 1
 
     callbacks = []
+    time_budget = None
     if data_args.max_train_minutes is not None:
-        callbacks.append(TimeBudgetCallback(data_args.max_train_minutes))
+        time_budget = TimeBudgetCallback(data_args.max_train_minutes)
+        callbacks.append(time_budget)
     if data_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(data_args.early_stopping_patience))
 
@@ -55,6 +57,8 @@ def main(argv=None):
         compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
         callbacks=callbacks,
     )
+    if data_args.lr_schedule_by_time:
+        trainer.schedule_clock = time_budget
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # the best checkpoint when --load_best_model_at_end
     metrics = {**result.metrics, "train_target_tokens": trainer.target_tokens_seen}

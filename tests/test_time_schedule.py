@@ -1,0 +1,86 @@
+"""A learning-rate schedule over a time budget (`--lr_schedule_by_time`): the time spent, not the updates made,
+drives transformers' schedules."""
+
+import pytest
+import torch
+from transformers import Seq2SeqTrainingArguments, get_scheduler
+
+from hf_rnn_attn import training
+from hf_rnn_attn.training import DataArguments, TimeBudgetCallback, TranslationTrainer, schedule_over_time
+from tiny_models import tiny_model
+
+
+class FakeClock:
+    def __init__(self):
+        self.fraction = 0.0
+
+    def fraction_spent(self):
+        return self.fraction
+
+
+def learning_rate_at(scheduler, clock, fraction, updates=3):
+    """The learning rate after `updates` scheduler steps with `fraction` of the time spent."""
+    clock.fraction = fraction
+    for _ in range(updates):
+        scheduler.optimizer.step()
+        scheduler.step()
+    return scheduler.get_last_lr()[0]
+
+
+def test_a_linear_schedule_over_time_warms_up_and_reaches_zero_when_the_time_is_up():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    clock = FakeClock()
+    steps = training.TIME_SCHEDULE_STEPS
+    scheduler = schedule_over_time(get_scheduler("linear", optimizer, num_warmup_steps=steps // 10,
+                                                 num_training_steps=steps), clock.fraction_spent)
+    # However many updates are made, the time spent sets the rate: 10% warm-up, then linear to 0.
+    expected = {0.0: 0.0, 0.05: 0.5, 0.1: 1.0, 0.55: 0.5, 0.91: 0.1, 1.0: 0.0}
+    for fraction, rate in expected.items():
+        assert learning_rate_at(scheduler, clock, fraction) == pytest.approx(rate, abs=1e-3), fraction
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(rate, abs=1e-3)
+
+
+def test_time_budget_callback_reports_the_fraction_spent(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
+    budget = TimeBudgetCallback(minutes=2)
+    assert budget.fraction_spent() == 0.0  # before training begins
+    budget.on_train_begin(None, None, None)
+    now[0] += 30
+    assert budget.fraction_spent() == pytest.approx(0.25)
+    now[0] += 600
+    assert budget.fraction_spent() == 1.0
+
+
+def trainer_with_schedule(tmp_path, clock, **arguments):
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], learning_rate=1.0,
+                                    **arguments)
+    trainer = TranslationTrainer(model=tiny_model("bigru-bahdanau"), args=args)
+    trainer.schedule_clock = clock
+    return trainer
+
+
+def test_trainer_runs_its_scheduler_over_the_time_budget(tmp_path):
+    clock = FakeClock()
+    trainer = trainer_with_schedule(tmp_path, clock, lr_scheduler_type="cosine", warmup_steps=0.2)
+    trainer.create_optimizer_and_scheduler(num_training_steps=5)  # the step count does not matter
+    assert learning_rate_at(trainer.lr_scheduler, clock, 0.1, updates=50) == pytest.approx(0.5, abs=1e-3)
+    assert learning_rate_at(trainer.lr_scheduler, clock, 0.6) == pytest.approx(0.5, abs=1e-3)  # cosine's middle
+    assert learning_rate_at(trainer.lr_scheduler, clock, 1.0) == pytest.approx(0.0, abs=1e-6)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_schedule_over_time_refuses_what_it_cannot_run_over_time(tmp_path):
+    trainer = trainer_with_schedule(tmp_path, FakeClock(), lr_scheduler_type="linear", warmup_steps=100)
+    with pytest.raises(ValueError, match="warm-up as a fraction of the time"):
+        trainer.create_optimizer_and_scheduler(num_training_steps=5)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    on_plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)  # driven by a metric, not by steps
+    with pytest.raises(ValueError, match="step-based --lr_scheduler_type"):
+        schedule_over_time(on_plateau, FakeClock().fraction_spent)
+
+
+def test_a_schedule_over_time_needs_a_time_budget():
+    with pytest.raises(ValueError, match="--lr_schedule_by_time needs --max_train_minutes"):
+        DataArguments(lr_schedule_by_time=True)
+    assert DataArguments(lr_schedule_by_time=True, max_train_minutes=30).lr_schedule_by_time
