@@ -19,6 +19,7 @@ import copy
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from .beam_penalties import CoveragePenaltyMixin
@@ -60,10 +61,11 @@ class ActiveRows:
         return self.model.lm_head(features[:, -1]).float()  # R x V
 
     def keep(self, rows):
-        """Keeps (and reorders to) `rows` of the current rows."""
+        """Keeps (and reorders to) `rows` of the current rows, on the source columns that they still read."""
         self.state.select_rows(rows)
         self.keys = self.keys.index_select(0, rows)
         self.mask = self.mask.index_select(0, rows)
+        self._resize_source(int(self.mask.sum(dim=1).max()) if rows.numel() else self.mask.size(1))
 
     def take(self, rows):
         """A new `ActiveRows` holding a copy of `rows`; this one is unchanged."""
@@ -73,11 +75,34 @@ class ActiveRows:
         return taken
 
     def extend(self, other):
-        """Appends the rows of `other` (same source width) after these."""
+        """Appends the rows of `other` after these, both padded to the wider source."""
+        width = max(self.mask.size(1), other.mask.size(1))
+        self._resize_source(width)
+        other._resize_source(width)
         for name, tensor in self.state.tensors().items():
             setattr(self.state, name, torch.cat([tensor, getattr(other.state, name)]))
         self.keys = torch.cat([self.keys, other.keys])
         self.mask = torch.cat([self.mask, other.mask])
+
+    def _resize_source(self, width):
+        """Cuts or pads (with padding) the source columns of the keys, mask and state to `width`.
+
+        Masks are right-padded, and attention gives padding exactly 0, so this changes nothing but the work: once
+        the sentences with the longest sources have ended, the others no longer attend over their padding.
+        """
+        extra = width - self.mask.size(1)
+        if extra == 0:
+            return
+
+        def resize(tensor):  # B x S x ...
+            if extra < 0:
+                return tensor[:, :width].contiguous()
+            return F.pad(tensor, (0, 0) * (tensor.dim() - 2) + (0, extra))
+
+        self.keys, self.mask = resize(self.keys), resize(self.mask)
+        self.state.projected_keys = resize(self.state.projected_keys)  # B x S x ...
+        if self.state.coverage is not None:
+            self.state.coverage = resize(self.state.coverage)  # B x S
 
 
 def source_length_limits(source_length_cap, attention_mask, prompt_len, rows_per_sentence=1):

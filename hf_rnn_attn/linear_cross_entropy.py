@@ -18,10 +18,16 @@ import torch.nn.functional as F
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """`sum_n CE(features_n W^T + b, labels_n)` with gradients computed in the forward pass."""
+    """`sum_n CE(features_n W^T + b, labels_n)` with gradients computed in the forward pass.
+
+    With label smoothing e, the target distribution is `(1 - e) onehot(y) + e / V`, as in PyTorch's `cross_entropy`
+    and Trainer's `label_smoothing_factor`: the loss of a row is `logsumexp(z) - (1 - e) z_y - (e / V) sum_v z_v`
+    and its gradient `softmax(z) - (1 - e) onehot(y) - e / V`. The uniform part is the same for every row and
+    vocabulary entry, so it is added once after the chunks, through sums of `W` and of the features.
+    """
 
     @staticmethod
-    def forward(ctx, features, weight, bias, labels, chunk_size):
+    def forward(ctx, features, weight, bias, labels, chunk_size, label_smoothing):
         """features N x D, weight V x D, bias V or None, labels N (no -100: select the labelled rows first)."""
         grad_features = torch.empty_like(features)  # N x D
         grad_weight = torch.zeros_like(weight)  # V x D
@@ -35,12 +41,22 @@ class LinearCrossEntropy(torch.autograd.Function):
             # -log p(y) = logsumexp(logits) - logit_y, with logsumexp = max(logits) - log(max p): the softmax's
             # largest probability is 1 / sum(exp(logits - max)), never below 1 / V, so nothing underflows.
             log_sum_exp = logits.amax(dim=-1) - grad_logits.amax(dim=-1).log()  # C
-            loss += (log_sum_exp - logits.gather(1, targets).squeeze(1)).sum()
-            grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, -1.0))  # softmax - onehot
+            loss += (log_sum_exp - (1 - label_smoothing) * logits.gather(1, targets).squeeze(1)).sum()
+            # softmax - (1 - e) onehot
+            grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, label_smoothing - 1))
             torch.mm(grad_logits, weight, out=grad_features[rows])
             grad_weight.addmm_(grad_logits.t(), features[rows])
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(dim=0)
+        if label_smoothing:
+            uniform = label_smoothing / weight.size(0)  # e / V
+            weight_sum, feature_sum = weight.sum(dim=0), features.sum(dim=0)  # D each
+            bias_sum = 0.0 if bias is None else bias.sum() * features.size(0)
+            loss -= uniform * (feature_sum @ weight_sum + bias_sum)  # (e / V) sum_n sum_v z_nv
+            grad_features -= uniform * weight_sum
+            grad_weight -= uniform * feature_sum
+            if grad_bias is not None:
+                grad_bias -= uniform * features.size(0)
         ctx.save_for_backward(grad_features, grad_weight, grad_bias)
         return loss
 
@@ -48,17 +64,19 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_features, grad_weight, grad_bias = ctx.saved_tensors
         return (grad_features * grad_loss, grad_weight * grad_loss,
-                None if grad_bias is None else grad_bias * grad_loss, None, None)
+                None if grad_bias is None else grad_bias * grad_loss, None, None, None)
 
 
-def linear_cross_entropy(features, weight, bias, labels, chunk_size=512):
+def linear_cross_entropy(features, weight, bias, labels, chunk_size=512, label_smoothing=0.0):
     """Summed cross-entropy of the logits `features W^T + b` over the rows whose label is not -100.
 
     Args:
         features: ... x D, the output layer's input.
         weight, bias: the output layer (V x D, V or None).
         labels: ..., target ids or -100.
+        label_smoothing: e in [0, 1), the weight of the uniform distribution in the target (see
+            `LinearCrossEntropy`).
     """
     keep = labels.reshape(-1) != -100
     return LinearCrossEntropy.apply(features.reshape(-1, features.size(-1))[keep], weight, bias,
-                                    labels.reshape(-1)[keep], chunk_size)
+                                    labels.reshape(-1)[keep], chunk_size, label_smoothing)

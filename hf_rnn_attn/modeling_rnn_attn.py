@@ -722,14 +722,16 @@ class RNNAttnForConditionalGeneration(LeanGenerationMixin, RNNAttnPreTrainedMode
                 encoder_outputs=None, past_key_values=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, num_items_in_batch=None, skip_logits=None,
                 source_length_cap=None, max_active_rows=None, inputs_embeds=None, decoder_inputs_embeds=None,
-                coverage_penalty=None, **kwargs):
+                coverage_penalty=None, label_smoothing=None, **kwargs):
         """Teacher-forced logits (and the loss when `labels` are given) or one generation step.
 
         The other arguments are `RNNAttnModel.forward`'s; `return_dict` defaults to the config's.
 
         The loss is the summed token cross-entropy over `labels != -100`, divided by `num_items_in_batch`
         when Trainer passes it (target tokens across accumulation steps and processes), else by this
-        batch's count.
+        batch's count. `label_smoothing=e` (0 <= e < 1) smooths its targets to `(1 - e) onehot(y) + e / V`, as
+        `F.cross_entropy(label_smoothing=e)` and Trainer's `label_smoothing_factor` (which `TranslationTrainer`
+        passes here) do.
 
         `source_length_cap=(a, b)` is read by `generate()`: greedy and beam search then give a source of S
         tokens at most `a * S + b` new tokens (see `lean_decoding.source_length_limits`). `max_active_rows=N` is
@@ -743,6 +745,9 @@ class RNNAttnForConditionalGeneration(LeanGenerationMixin, RNNAttnPreTrainedMode
         """
         (return_dict,) = with_config_defaults(self.config, return_dict=return_dict)
         check_batch_sizes(input_ids if input_ids is not None else inputs_embeds, encoder_outputs, labels=labels)
+        if label_smoothing is not None and (labels is None or not 0 <= label_smoothing < 1):
+            raise ValueError(f"`label_smoothing` must be in [0, 1) and come with `labels`; got {label_smoothing!r}"
+                             f"{'' if labels is not None else ' without labels'}.")
         if labels is not None:
             check_token_ids("labels", labels, self.config.vocab_size, allow_ignore_index=True)
             if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -763,11 +768,12 @@ class RNNAttnForConditionalGeneration(LeanGenerationMixin, RNNAttnPreTrainedMode
         loss = None
         if labels is not None:
             if fused:
-                total = linear_cross_entropy(features, self.lm_head.weight, self.lm_head.bias, labels)
+                total = linear_cross_entropy(features, self.lm_head.weight, self.lm_head.bias, labels,
+                                             label_smoothing=label_smoothing or 0.0)
             else:
                 logits_for_loss = logits if logits is not None else self.lm_head(features)
                 total = F.cross_entropy(logits_for_loss.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                                        reduction="sum")
+                                        reduction="sum", label_smoothing=label_smoothing or 0.0)
             count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
             loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
         output = Seq2SeqLMOutput(

@@ -19,7 +19,10 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
 from .alignment import sequence_attentions, word_attention
 
 
-GREEDY_BATCHES_PER_CALL = 4
+# Greedy translation decodes this many batches' worth of sentences per generate() call, `batch_size` at a time:
+# each call ends with a tail of steps on the few sentences still decoding; the encoder states of a whole call are
+# held at once.
+GREEDY_BATCHES_PER_CALL = 16
 
 
 class RNNAttnTranslationPipeline(Pipeline):
@@ -79,9 +82,9 @@ class RNNAttnTranslationPipeline(Pipeline):
         ordered = [texts[i] for i in order]
         batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
         if self._decodes_greedily(kwargs) and batch_size > 1:
-            # A few batches' worth per generate() call, `batch_size` sentences decoding at a time, each that ends
-            # replaced by the next (lean_decoding.greedy_search): the same translations, no batch waits
-            # for its longest one. Only a few batches: every row attends over the longest source of its call.
+            # Many batches' worth per generate() call, `batch_size` sentences decoding at a time, each that ends
+            # replaced by the next (lean_decoding.greedy_search): the same translations, no batch waits for its
+            # longest one. Longest first: once the long sources have ended, the rows drop their padding columns.
             group, results = GREEDY_BATCHES_PER_CALL * batch_size, []
             for start in range(0, len(ordered), group):
                 results += super().__call__(ordered[start:start + group], batch_size=group,

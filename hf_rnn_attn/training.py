@@ -234,6 +234,17 @@ class TranslationTrainer(Seq2SeqTrainer):
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=lengths)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Trainer's LabelSmoother needs the B x T x V logits; the model smooths inside its fused loss instead.
+        self.label_smoothing = self.label_smoother.epsilon if self.label_smoother is not None else None
+        self.label_smoother = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.label_smoothing is not None and "labels" in inputs:
+            inputs = {**inputs, "label_smoothing": self.label_smoothing}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
     def create_scheduler(self, num_training_steps, optimizer=None):
         if self.schedule_clock is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)

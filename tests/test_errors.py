@@ -70,6 +70,18 @@ def test_labels_and_decoder_ids_outside_the_vocabulary():
         model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=torch.full((3, 2), 30))
 
 
+@pytest.mark.parametrize("label_smoothing, with_labels, problem", [(1.0, True, "1.0"), (-0.1, True, "-0.1"),
+                                                                     (0.1, False, "0.1 without labels")])
+def test_label_smoothing_outside_0_to_1_or_without_labels(label_smoothing, with_labels, problem):
+    model = tiny_model("bigru-bahdanau").train()
+    input_ids, attention_mask = source_batch()
+    labels = torch.tensor([[4, 5, -100]] * 3)
+    inputs = dict(labels=labels) if with_labels else dict(decoder_input_ids=labels.clamp(min=0))
+    with pytest.raises(ValueError, match=rf"`label_smoothing` must be in \[0, 1\) and come with `labels`; got "
+                                         rf"{problem}\."):
+        model(input_ids=input_ids, attention_mask=attention_mask, label_smoothing=label_smoothing, **inputs)
+
+
 def test_mask_shape_must_match_ids():
     model = tiny_model("bigru-bahdanau")
     input_ids, attention_mask = source_batch()

@@ -21,15 +21,16 @@ def loss_and_gradients(model, **inputs):
 
 
 @pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-general"])
-@pytest.mark.parametrize("tie_word_embeddings", [False, True])
-def test_training_loss_without_logits_equals_the_plain_loss(variant, tie_word_embeddings):
+@pytest.mark.parametrize("tie_word_embeddings, label_smoothing", [(False, None), (True, None), (False, 0.1)])
+def test_training_loss_without_logits_equals_the_plain_loss(variant, tie_word_embeddings, label_smoothing):
     overrides = {"tie_word_embeddings": True, "output_layer": "tanh", "embedding_size": 16} if tie_word_embeddings else {}
     model = tiny_model(variant, **overrides).train()
     input_ids, attention_mask = source_batch()
     labels = torch.randint(3, 20, (3, 6), generator=torch.Generator().manual_seed(2))
     labels[1, 4:] = -100
     labels[2, 2:] = -100
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=11)
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=11,
+                  label_smoothing=label_smoothing)
     fused, fused_grads = loss_and_gradients(model, **inputs)
     plain, plain_grads = loss_and_gradients(model, skip_logits=False, **inputs)
     assert fused.logits is None and plain.logits is not None
@@ -39,24 +40,28 @@ def test_training_loss_without_logits_equals_the_plain_loss(variant, tie_word_em
         torch.testing.assert_close(fused_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("chunk_size", [1, 3, 100])
-def test_linear_cross_entropy_in_chunks_equals_cross_entropy_of_the_logits(chunk_size):
+def test_linear_cross_entropy_in_chunks_equals_cross_entropy_of_the_logits(chunk_size, label_smoothing, with_bias):
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(2, 4, 5, generator=generator, requires_grad=True)
     weight = torch.randn(7, 5, generator=generator, requires_grad=True)
-    bias = torch.randn(7, generator=generator, requires_grad=True)
+    bias = torch.randn(7, generator=generator, requires_grad=True) if with_bias else None
     labels = torch.randint(0, 7, (2, 4), generator=generator)
     labels[0, 1] = -100
-    fused = linear_cross_entropy(features, weight, bias, labels, chunk_size=chunk_size)
+    leaves = [t for t in (features, weight, bias) if t is not None]
+    fused = linear_cross_entropy(features, weight, bias, labels, chunk_size=chunk_size, label_smoothing=label_smoothing)
     (3 * fused).backward()
-    fused_grads = [t.grad.clone() for t in (features, weight, bias)]
-    for t in (features, weight, bias):
+    fused_grads = [t.grad.clone() for t in leaves]
+    for t in leaves:
         t.grad = None
     logits = torch.nn.functional.linear(features, weight, bias)
-    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum",
+                                              label_smoothing=label_smoothing)
     (3 * plain).backward()
     torch.testing.assert_close(fused, plain)
-    for fused_grad, t in zip(fused_grads, (features, weight, bias)):
+    for fused_grad, t in zip(fused_grads, leaves):
         torch.testing.assert_close(fused_grad, t.grad)
 
 
@@ -240,3 +245,28 @@ def test_fused_gru_attention_unroll_passes_gradcheck():
               leaf(batch, source, score), attention_mask, leaf(3 * hidden, key), leaf(3 * hidden, hidden),
               leaf(3 * hidden), leaf(score, hidden), leaf(score))
     assert torch.autograd.gradcheck(_GRUAttentionUnroll.apply, inputs)
+
+
+@pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-location", "lstm-luong-local-p-general"])
+def test_active_rows_drop_and_restore_padding_columns_without_changing_the_logits(variant):
+    """Rows that stay after the longest sources leave attend over fewer (padding) columns; rows that join with a
+    longer source widen the others again: the logits are those of the full-width rows."""
+    model = tiny_model(variant)
+    input_ids, attention_mask = source_batch()  # real lengths 7, 5 and 3
+    encoder_outputs = model.get_encoder()(input_ids, attention_mask)
+    kwargs = {"encoder_outputs": encoder_outputs, "attention_mask": attention_mask}
+    tokens = torch.tensor([4, 5, 6])
+    with torch.no_grad():
+        full = lean_decoding.ActiveRows(model, kwargs)
+        expected = full.next_logits(tokens)
+        rows = lean_decoding.ActiveRows(model, kwargs).take(torch.tensor([1, 2]))
+        assert rows.keys.size(1) == rows.mask.size(1) == rows.state.projected_keys.size(1) == 5
+        torch.testing.assert_close(rows.next_logits(tokens[1:]), expected[1:], atol=1e-6, rtol=1e-6)
+        rows.keep(torch.tensor([1]))
+        assert rows.keys.size(1) == 3
+        rows.extend(lean_decoding.ActiveRows(model, kwargs).take(torch.tensor([0])))
+        assert rows.keys.size(1) == rows.mask.size(1) == 7
+        mixed = rows.next_logits(tokens[[2, 0]])  # sentence 2's second step, sentence 0's first
+        full.keep(torch.tensor([2]))
+        torch.testing.assert_close(mixed[:1], full.next_logits(tokens[2:]), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(mixed[1:], expected[:1], atol=1e-6, rtol=1e-6)

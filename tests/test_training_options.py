@@ -1,5 +1,6 @@
-"""A learning-rate schedule over a time budget (`--lr_schedule_by_time`): the time spent, not the updates made,
-drives transformers' schedules."""
+"""What `TranslationTrainer` does with Seq2SeqTrainer's options: a learning-rate schedule over a time budget
+(`--lr_schedule_by_time`: the time spent, not the updates made, drives transformers' schedules), and
+`--label_smoothing_factor` inside the model's fused loss."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from transformers import Seq2SeqTrainingArguments, get_scheduler
 
 from hf_rnn_attn import training
 from hf_rnn_attn.training import DataArguments, TimeBudgetCallback, TranslationTrainer, schedule_over_time
-from tiny_models import tiny_model
+from tiny_models import source_batch, tiny_model
 
 
 class FakeClock:
@@ -84,3 +85,20 @@ def test_a_schedule_over_time_needs_a_time_budget():
     with pytest.raises(ValueError, match="--lr_schedule_by_time needs --max_train_minutes"):
         DataArguments(lr_schedule_by_time=True)
     assert DataArguments(lr_schedule_by_time=True, max_train_minutes=30).lr_schedule_by_time
+
+
+def test_trainer_smooths_labels_inside_the_models_fused_loss(tmp_path):
+    """`--label_smoothing_factor` reaches the model's loss (`label_smoothing`), which needs no B x T x V logits;
+    Trainer's own LabelSmoother, which does, is not used."""
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], label_smoothing_factor=0.1)
+    model = tiny_model("bigru-bahdanau").train()
+    trainer = TranslationTrainer(model=model, args=args)
+    assert trainer.label_smoother is None and trainer.label_smoothing == 0.1
+    input_ids, attention_mask = source_batch()
+    labels = torch.tensor([[4, 5, 6, -100]] * 3)
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    loss, outputs = trainer.compute_loss(model, dict(inputs), return_outputs=True)
+    assert outputs.logits is None  # the fused loss
+    smoothed = model(**inputs, label_smoothing=0.1, skip_logits=False)
+    torch.testing.assert_close(loss, smoothed.loss)
+    assert not torch.allclose(loss, model(**inputs).loss)
