@@ -46,7 +46,7 @@ class AdditiveScoreFunction(torch.autograd.Function):
         d score / d v     = 2s - 1,
     so the constants fold into the small tensors and only `s` is ever built (within ~2e-7 of tanh in fp32).
 
-    The tanh tensor would take 8 MB for each step of a 64-sentence batch with S = 128 and A = 256, and autograd
+    That tensor would take 8 MB for each step of a 64-sentence batch with S = 128 and A = 256, and autograd
     would keep one per step for the backward pass; this function keeps only the queries and keys and recomputes
     `s` in the backward pass. It is built, a block of query steps at a time, in one reused buffer (`_workspace`):
     allocated afresh at every decoder step, it left the heap full of holes that small saved tensors had split
@@ -105,14 +105,15 @@ _workspaces = threading.local()
 
 
 def _sigmoid_blocks(query, keys):
-    """Yields `(rows, steps, sigmoid(2 q_t + 2 k_i))` over blocks of batch rows and query steps, in one reused buffer.
+    """Yields `(rows, steps, sigmoid(2 q_t + 2 k_i))` over blocks of batch rows and query steps, in one reused
+    buffer.
 
     A block is a b x t x S x A view of the thread's workspace (autograd may run the backward pass on another
     thread), valid until the next block is asked for: all steps of all rows when that fits, else as many
     steps (or rows, one step at a time) as fit.
     """
     batch, length, width = query.shape
-    query = 2 * query  # B x T x A, small: the factor 2 of keys goes into the sum below
+    query = 2 * query  # B x T x A, small; the keys' factor 2 is the add's alpha below
     per_step = keys.size(1) * width
     rows_per_block = min(batch, max(1, _WORKSPACE_ELEMENTS // per_step))
     steps_per_block = max(1, _WORKSPACE_ELEMENTS // (batch * per_step)) if rows_per_block == batch else 1

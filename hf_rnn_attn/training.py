@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch.optim.lr_scheduler import LambdaLR
 from accelerate import PartialState
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoTokenizer, Seq2SeqTrainer, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler, nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -206,6 +206,10 @@ class TranslationTrainer(Seq2SeqTrainer):
     exactly the repeats. (`eval_loss` stays Trainer's mean of per-batch mean losses, in which a repeat still
     shares the last batch of its process: it differs from the one-process value in the third decimal.)
 
+    `--label_smoothing_factor` is applied inside the model's fused loss (`label_smoothing`), which needs no
+    B x T x V logits, and with `schedule_clock` (a `TimeBudgetCallback`) the learning-rate schedule runs over the
+    time budget (`schedule_over_time`).
+
     A checkpoint save that fails (a full disk) removes its partial folder, so that the newest checkpoint is
     always a complete one, and says why. Each checkpoint records the summed training loss so far
     (`LOSS_SUM_FILE`), so that a resumed run reports `train_loss` over the whole run, as an uninterrupted one.
@@ -216,6 +220,12 @@ class TranslationTrainer(Seq2SeqTrainer):
     schedule_clock = None
 
     target_tokens_seen = 0  # real (non -100) target tokens trained on by this process
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Trainer's LabelSmoother needs the B x T x V logits; the model smooths inside its fused loss instead.
+        self.label_smoothing = self.label_smoother.epsilon if self.label_smoother is not None else None
+        self.label_smoother = None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.target_tokens_seen += int((inputs["labels"] != -100).sum())
@@ -233,12 +243,6 @@ class TranslationTrainer(Seq2SeqTrainer):
         lengths = [len(labels) * 100_000 + len(ids) for labels, ids in zip(dataset["labels"], dataset["input_ids"])]
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=lengths)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Trainer's LabelSmoother needs the B x T x V logits; the model smooths inside its fused loss instead.
-        self.label_smoothing = self.label_smoother.epsilon if self.label_smoother is not None else None
-        self.label_smoother = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.label_smoothing is not None and "labels" in inputs:
