@@ -5,6 +5,7 @@ a time budget."""
 import copy
 import errno
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -55,10 +56,22 @@ class ModelArguments:
     tie_word_embeddings: bool = False
     tokenizer: str | None = field(default=None, metadata={"help": "existing tokenizer folder; else train one"})
     vocab_size: int = field(default=8000, metadata={"help": "size of a newly trained tokenizer"})
+    default_num_beams: int | None = field(default=None, metadata={
+        "help": "num_beams saved in the model's generation config, what generate(), the pipeline and `hf-rnn-attn "
+                "translate` use when not told (default: --generation_num_beams, else 1)"})
+    default_length_penalty: float | None = field(default=None, metadata={
+        "help": "length_penalty saved there, with --default_num_beams > 1: beam search ranks finished translations "
+                "by log P(Y|X) / |Y| ** length_penalty (default: generate()'s 1.0)"})
 
     def __post_init__(self):
         check_positive(self, ("embedding_size", "hidden_size", "encoder_hidden_size", "max_source_positions",
-                              "local_window", "vocab_size"))
+                              "local_window", "vocab_size", "default_num_beams"))
+        penalty = self.default_length_penalty
+        if penalty is not None and not math.isfinite(penalty):
+            raise ValueError(f"--default_length_penalty must be a finite number, got {penalty}")
+        if penalty is not None and (self.default_num_beams or 1) == 1:
+            # transformers refuses to save a generation config whose length_penalty greedy search would ignore
+            raise ValueError("--default_length_penalty applies to beam search: it needs --default_num_beams > 1")
 
 
 @dataclass
@@ -152,6 +165,10 @@ def prepare_translation_run(model_args, data_args, seed):
         tgt_lang=data_args.target_lang, **overrides)
     set_seed(seed)
     model = RNNAttnForConditionalGeneration(config)
+    if model_args.default_num_beams is not None:
+        model.generation_config.num_beams = model_args.default_num_beams
+    if model_args.default_length_penalty is not None:
+        model.generation_config.length_penalty = model_args.default_length_penalty
 
     with PartialState().main_process_first():  # the others then read the main process's `datasets` cache
         tokenized = {name: tokenize_translation_dataset(split, tokenizer, data_args.source_lang,

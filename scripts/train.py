@@ -37,7 +37,8 @@ def main(argv=None):
         training_args.ddp_find_unused_parameters = False  # every parameter gets a gradient at every step
 
     tokenizer, model, tokenized = prepare_translation_run(model_args, data_args, training_args.seed)
-    model.generation_config.num_beams = training_args.generation_num_beams or 1
+    if model_args.default_num_beams is None:
+        model.generation_config.num_beams = training_args.generation_num_beams or 1
 
     callbacks = []
     time_budget = None

@@ -7,7 +7,8 @@ import torch
 from transformers import Seq2SeqTrainingArguments, get_scheduler
 
 from hf_rnn_attn import training
-from hf_rnn_attn.training import DataArguments, TimeBudgetCallback, TranslationTrainer, schedule_over_time
+from hf_rnn_attn.training import (DataArguments, ModelArguments, TimeBudgetCallback, TranslationTrainer,
+                                  schedule_over_time)
 from tiny_models import source_batch, tiny_model
 
 
@@ -85,6 +86,16 @@ def test_a_schedule_over_time_needs_a_time_budget():
     with pytest.raises(ValueError, match="--lr_schedule_by_time needs --max_train_minutes"):
         DataArguments(lr_schedule_by_time=True)
     assert DataArguments(lr_schedule_by_time=True, max_train_minutes=30).lr_schedule_by_time
+
+
+def test_a_default_length_penalty_needs_beam_search_and_a_number():
+    # Refused before training: transformers would refuse to save the generation config at the first checkpoint.
+    with pytest.raises(ValueError, match="--default_length_penalty applies to beam search: it needs --default_num"):
+        ModelArguments(default_length_penalty=0.6)
+    with pytest.raises(ValueError, match="--default_length_penalty must be a finite number, got nan"):
+        ModelArguments(default_num_beams=5, default_length_penalty=float("nan"))
+    with pytest.raises(ValueError, match="--default_num_beams must be positive, got 0"):
+        ModelArguments(default_num_beams=0)
 
 
 def test_trainer_smooths_labels_inside_the_models_fused_loss(tmp_path):

@@ -30,9 +30,9 @@ def trained_run(tmp_path_factory):
                "--output_dir", str(work / "run/trainer"), "--vocab_size", "400", "--embedding_size", "16",
                "--hidden_size", "16", "--max_steps", "6", "--per_device_train_batch_size", "8",
                "--eval_strategy", "steps", "--eval_steps", "3", "--save_steps", "3", "--predict_with_generate",
-               "true", "--generation_max_length", "20", "--max_eval_samples", "5",
-               "--load_best_model_at_end", "true", "--metric_for_best_model", "bleu", "--report_to", "tensorboard",
-               "--logging_steps", "1", cwd=work)
+               "true", "--generation_max_length", "20", "--max_eval_samples", "5", "--default_num_beams", "3",
+               "--default_length_penalty", "0.6", "--load_best_model_at_end", "true", "--metric_for_best_model",
+               "bleu", "--report_to", "tensorboard", "--logging_steps", "1", cwd=work)
     for beams in ("1", "5"):
         run_script(str(ROOT / "scripts/evaluate_model.py"), "--model", str(work / "run/trainer"), "--dataset",
                    str(data), "--num_beams", beams, "--max_new_tokens", "20", "--max_samples", "7",
@@ -50,6 +50,8 @@ def test_training_writes_a_loadable_model_with_tokenizer_and_logs(trained_run):
     assert len(evaluations) >= 2 and all("eval_chrf" in entry for entry in evaluations)
     assert state["best_model_checkpoint"] is not None
     assert list((trainer_dir / "runs").rglob("events.out.tfevents.*")), "TensorBoard logs"
+    generation = json.loads((trainer_dir / "generation_config.json").read_text())
+    assert (generation["num_beams"], generation["length_penalty"]) == (3, 0.6)
 
 
 def test_evaluate_writes_hypotheses_and_a_bleu_json(trained_run):
