@@ -8,14 +8,15 @@ Batches of 64 pairs of similar target length, Adam from 2e-3 decaying linearly t
 caller's --max_train_minutes; `--lr_schedule_by_time`) with gradients clipped to norm 1.0 (at 1e-3 the lstm-luong
 preset plateaus early), greedy validation BLEU on 300 pairs every 400 updates, and the best of those checkpoints kept
 as the model. Its generation config decodes with beam 5 ranking finished translations by log P / |Y| ** 0.6
-(generate()'s default 1.0 made these models' beam output 7-14% longer than the references). The linear decay was measured against
-a constant 2e-3 in 30-minute bigru-bahdanau runs, the length penalty on the validation split (README, "Quality for
-the same training time"). Printed as one argument per word for a shell; imported as `DEFAULT_RECIPE`.
+(generate()'s default 1.0 made these models' beam output 7-14% longer than the references). The linear decay was
+measured against a constant 2e-3 in 30-minute bigru-bahdanau runs, the length penalty on the validation split
+(README, "Quality for the same training time"). Printed as one argument per word for a shell; imported as `DEFAULT_RECIPE`.
 """
 
 DEFAULT_RECIPE = [
     "--num_train_epochs", "100", "--per_device_train_batch_size", "64", "--train_sampling_strategy", "group_by_length",
-    "--learning_rate", "2e-3", "--lr_scheduler_type", "linear", "--lr_schedule_by_time", "true", "--max_grad_norm", "1.0",
+    "--learning_rate", "2e-3", "--lr_scheduler_type", "linear", "--lr_schedule_by_time", "true",
+    "--max_grad_norm", "1.0",
     "--eval_strategy", "steps", "--eval_steps", "400", "--save_steps", "400", "--save_total_limit", "2",
     "--predict_with_generate", "true", "--generation_num_beams", "1", "--generation_max_length", "128",
     "--max_eval_samples", "300", "--per_device_eval_batch_size", "64",
