@@ -1,12 +1,13 @@
-"""generate()'s greedy and beam-search loops, lean: finished sentences leave the batch.
+"""generate()'s greedy and beam-search loops, lean: finished sentences leave the batch, waiting ones join it.
 
 transformers' loops keep every sentence of a batch in every step until the last one ends, and call the full
 `forward` (input checks, output classes) each step. A recurrent state can simply drop the rows of finished
-sentences, so here each step runs the decoder and the output layer on the unfinished rows only. The search is
-transformers' own: the same stopping criteria and, for beam search, the same helper methods of
-`GenerationMixin` (top-k continuations, finished-hypothesis updates, the early-stop heuristic), applied to the
-sentences still open. A sentence leaves once transformers' loop could no longer change its result (greedy: it
-hit a stopping criterion; beam search: its early-stop heuristic is satisfied, or with `early_stopping=True`
+sentences, so here each step runs the decoder and the output layer on the unfinished rows only, and with
+`max_active_rows` the rows of sentences that end are given to sentences still waiting. The search is
+transformers' own: the same stopping criteria and, for beam search, the same step (top-k continuations,
+finished-hypothesis updates, the early-stop heuristic; written out for sentences of different lengths), applied
+to the sentences still open. A sentence leaves once transformers' loop could no longer change its result (greedy:
+it hit a stopping criterion; beam search: its early-stop heuristic is satisfied, or with `early_stopping=True`
 all its beams are finished), so the tokens and scores are the same.
 
 `RNNAttnForConditionalGeneration` uses these loops when no logits processor, streamer or per-step output
@@ -178,88 +179,137 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
 
 
 @torch.no_grad()
-def beam_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None, rows_class=ActiveRows,
-                **model_kwargs):
-    """transformers' `_beam_search` loop (no sampling), on the sentences whose result can still change.
+def beam_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None, max_active_rows=None,
+                rows_class=ActiveRows, **model_kwargs):
+    """transformers' `_beam_search` (no sampling), on the sentences whose result can still change.
+
+    Each step is that of transformers' loop, written out for sentences of different lengths (transformers' helper
+    methods take one length for the whole batch): the top 2N continuations of each sentence's N beams, the N best
+    that do not end continue, those that end among the top N enter the sentence's finished hypotheses (scored
+    `sum log p / new_tokens ** length_penalty`), and the early-stop heuristic closes a sentence. With
+    `max_active_rows` (a one-token decoder prompt, not local-m), at most that many rows (`max_active_rows // N`
+    sentences, at least one) decode at once, and sentences that end are replaced by waiting ones, as in
+    `greedy_search`: the same translations, without the long tail of steps on a few unfinished sentences.
 
     `rows_class` as in `greedy_search`. A coverage penalty (`model._coverage_penalty`, see `beam_penalties.py`)
-    is shown each step's coverage; `model._update_finished_beams` applies it."""
+    is shown each step's coverage and adds to the finished hypotheses' scores.
+    """
     pad_token_id, eos_token_id = generation_config._pad_token_tensor, generation_config._eos_token_tensor
     early_stopping, length_penalty = generation_config.early_stopping, generation_config.length_penalty
-    max_length, num_beams = generation_config.max_length, generation_config.num_beams
-    num_return_sequences = generation_config.num_return_sequences
-    rows_count, cur_len = input_ids.shape
-    batch_size, prompt_len, device = rows_count // num_beams, cur_len, input_ids.device
+    num_beams, num_return_sequences = generation_config.num_beams, generation_config.num_return_sequences
+    max_length = stopping_criteria.max_length
+    eos = next((criterion.eos_token_id for criterion in stopping_criteria
+                if isinstance(criterion, EosTokenCriteria)), None)
+    rows_count, prompt_len = input_ids.shape
+    batch_size, device = rows_count // num_beams, input_ids.device
     beams_to_keep = max(2, 1 + (eos_token_id.shape[0] if eos_token_id is not None else 0)) * num_beams
     top_num_beam_mask = torch.arange(beams_to_keep, device=device) < num_beams
+    # n ** length_penalty for n new tokens, as transformers computes it (a Python float, used in float32).
+    penalties = torch.tensor([1.0] + [n ** length_penalty for n in range(1, max_length + 1)], device=device)
 
-    # Full-batch search tensors, as in transformers (B x N x ...); each step reads and writes the active rows.
+    # Per sentence: its N running beams and N best finished hypotheses (B x N x ...), and its length (B).
     fill_value = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1
     running_sequences = input_ids.new_full((batch_size, num_beams, max_length), int(fill_value))
-    running_sequences[:, :, :cur_len] = input_ids.view(batch_size, num_beams, cur_len)
+    running_sequences[:, :, :prompt_len] = input_ids.view(batch_size, num_beams, prompt_len)
     sequences = running_sequences.clone()
     running_scores = torch.zeros((batch_size, num_beams), device=device)
     running_scores[:, 1:] = -1e9
     scores = torch.full((batch_size, num_beams), -1e9, device=device)
     finished = torch.zeros((batch_size, num_beams), dtype=torch.bool, device=device)
+    finished_lengths = torch.full((batch_size, num_beams), prompt_len, device=device)
     open_sentence = torch.ones((batch_size, 1), dtype=torch.bool, device=device)  # early-stop heuristic unsatisfied
-    running_indices = torch.full((batch_size, num_beams, max_length - cur_len), -1, dtype=torch.int32, device=device)
-    indices = running_indices.clone()
+    lengths = torch.full((batch_size,), prompt_len, device=device)
 
     coverage = model._coverage_penalty
-    rows = rows_class(model, model_kwargs, track_coverage=coverage is not None)
+    waiting = rows_class(model, model_kwargs, track_coverage=coverage is not None)  # every row, before its first step
     limits = None
     if source_length_cap is not None:
-        limits = source_length_limits(source_length_cap, rows.mask, cur_len, rows_per_sentence=num_beams)
-    active = torch.arange(batch_size, device=device)
-    tokens = input_ids  # the whole decoder prompt first, as transformers' prefill step
+        limits = source_length_limits(source_length_cap, waiting.mask, prompt_len, rows_per_sentence=num_beams)
+    max_sentences = batch_size
+    if max_active_rows is not None and prompt_len == 1 and waiting.refillable:
+        max_sentences = max(1, max_active_rows // num_beams)
+    beam_offsets = torch.arange(num_beams, device=device)
+    active = torch.zeros(0, dtype=torch.long, device=device)  # sentence of each group of N rows
+    tokens, rows, next_sentence = input_ids[:0], None, 0  # tokens: A N x P, the prompt first
     while True:
-        count = active.numel()
+        free = max_sentences - active.numel()
+        if next_sentence < batch_size and (free >= max(1, max_sentences // 8) or not active.numel()):
+            joining = torch.arange(next_sentence, min(batch_size, next_sentence + free), device=device)
+            joining_rows = (joining[:, None] * num_beams + beam_offsets).flatten()
+            next_sentence += joining.numel()
+            new_rows = waiting if joining.numel() == batch_size else waiting.take(joining_rows)
+            if rows is None:
+                rows = new_rows
+            else:
+                rows.extend(new_rows)
+            active, tokens = torch.cat([active, joining]), torch.cat([tokens, input_ids[joining_rows]])
+        if not active.numel():
+            break
+        count, length = active.numel(), lengths[active]  # A, A
         log_probs = rows.next_logits(tokens).log_softmax(dim=-1).view(count, num_beams, -1)
         if coverage is not None:
             coverage.observe(rows.state.coverage, rows.mask)
+        vocab_size = log_probs.shape[-1]
         log_probs = log_probs + running_scores[active, :, None]
-        topk_log_probs, topk_sequences, topk_indices = model._get_top_k_continuations(
-            accumulated_log_probs=log_probs.view(count, -1), running_sequences=running_sequences[active],
-            running_beam_indices=running_indices[active], cur_len=cur_len, decoder_prompt_len=prompt_len,
-            do_sample=False, beams_to_keep=beams_to_keep, num_beams=num_beams, batch_size=count)
-        hits_stop = stopping_criteria(topk_sequences[:, :, :cur_len + 1].flatten(0, 1), None).view(count, -1)
+        # The top 2N continuations: beam `parents` plus one token each, written at the sentence's own length.
+        topk_log_probs, topk_indices = torch.topk(log_probs.view(count, -1), k=beams_to_keep)  # A x K
+        parents, topk_tokens = topk_indices // vocab_size, topk_indices % vocab_size
+        width = int(length.max()) + 1  # the positions any active sentence has written, and the new one
+        candidates = running_sequences[active, :, :width].gather(1, parents[..., None].expand(-1, -1, width))
+        candidates.scatter_(2, length[:, None, None].expand(-1, beams_to_keep, 1), topk_tokens[..., None])
+        hits_stop = (length + 1 >= max_length)[:, None].expand(-1, beams_to_keep)
+        if eos is not None:
+            hits_stop = hits_stop | torch.isin(topk_tokens, eos.to(device))
         if limits is not None:  # as if each sentence had its own max_length
-            hits_stop |= (limits[active] <= cur_len + 1)[:, None]
-        new_running = model._get_running_beams_for_next_iteration(
-            topk_log_probs=topk_log_probs, topk_running_sequences=topk_sequences,
-            topk_running_beam_indices=topk_indices, next_token_hits_stopping_criteria=hits_stop, num_beams=num_beams)
-        running_sequences[active], running_scores[active], running_indices[active] = new_running
-        new_finished = model._update_finished_beams(
-            sequences=sequences[active], topk_running_sequences=topk_sequences, beam_scores=scores[active],
-            topk_log_probs=topk_log_probs, beam_indices=indices[active], topk_running_beam_indices=topk_indices,
-            is_early_stop_heuristic_unsatisfied=open_sentence[active], is_sent_finished=finished[active],
-            next_token_hits_stopping_criteria=hits_stop, top_num_beam_mask=top_num_beam_mask, num_beams=num_beams,
-            cur_len=cur_len, decoder_prompt_len=prompt_len, length_penalty=length_penalty,
-            early_stopping=early_stopping)
-        sequences[active], scores[active], indices[active], finished[active] = new_finished
-        beam_rows = new_running[2][..., cur_len - prompt_len].flatten()  # the surviving beams' rows, A x N
-        rows.state.reorder_cache(beam_rows)
-        cur_len += 1
-        open_sentence[active] = model._check_early_stop_heuristic(
-            is_early_stop_heuristic_unsatisfied=open_sentence[active], running_beam_scores=running_scores[active],
-            beam_scores=scores[active], is_sent_finished=finished[active], cur_len=cur_len, max_length=max_length,
-            decoder_prompt_len=prompt_len, early_stopping=early_stopping, length_penalty=length_penalty)
+            hits_stop = hits_stop | (limits[active] <= length + 1)[:, None]
+        # The N best continuations that do not end run on (`_get_running_beams_for_next_iteration`).
+        running_log_probs = topk_log_probs + hits_stop.to(torch.float32) * -1.0e9
+        next_beams = torch.topk(running_log_probs, k=num_beams)[1]  # A x N, indices into the K
+        running_sequences[active, :, :width] = candidates.gather(1, next_beams[..., None].expand(-1, -1, width))
+        running_scores[active] = running_log_probs.gather(1, next_beams)
+        # Those that end among the top N join the finished hypotheses (`_update_finished_beams`).
+        just_finished = hits_stop & top_num_beam_mask[None, :]
+        new_tokens = length + 1 - prompt_len  # A
+        if coverage is not None:
+            parent_rows = torch.arange(count, device=device)[:, None] * num_beams + parents
+            topk_log_probs = topk_log_probs + coverage.row_penalty[parent_rows] * penalties[new_tokens][:, None]
+        finished_scores = topk_log_probs / penalties[new_tokens][:, None]
+        all_finished = finished[active].all(dim=-1, keepdim=True) & (early_stopping is True)
+        finished_scores += all_finished.to(torch.float32) * -1.0e9
+        finished_scores += (~open_sentence[active]).to(torch.float32) * -1.0e9
+        finished_scores += (~just_finished) * -1.0e9
+        merged_scores = torch.cat([scores[active], finished_scores], dim=1)  # A x (N + K)
+        best = torch.topk(merged_scores, k=num_beams)[1]  # A x N
+        merged_sequences = torch.cat([sequences[active, :, :width], candidates], dim=1)
+        sequences[active, :, :width] = merged_sequences.gather(1, best[..., None].expand(-1, -1, width))
+        scores[active] = merged_scores.gather(1, best)
+        finished[active] = torch.cat([finished[active], just_finished], dim=1).gather(1, best)
+        merged_lengths = torch.cat([finished_lengths[active], (length + 1)[:, None].expand(-1, beams_to_keep)], dim=1)
+        finished_lengths[active] = merged_lengths.gather(1, best)
+        # The rows of the surviving beams, and the early-stop heuristic (`_check_early_stop_heuristic`).
+        rows.state.reorder_cache((torch.arange(count, device=device)[:, None] * num_beams
+                                  + parents.gather(1, next_beams)).flatten())
+        length = length + 1
+        lengths[active] = length
+        if early_stopping == "never" and length_penalty > 0.0:
+            best_running = running_scores[active, :1] / penalties[max_length - prompt_len]
+        else:
+            best_running = running_scores[active, :1] / penalties[length - prompt_len][:, None]
+        worst_finished = torch.where(finished[active], scores[active].min(dim=1, keepdim=True)[0], -1.0e9)
+        open_sentence[active] &= (best_running > worst_finished).any(dim=-1, keepdim=True)
         still_open = open_sentence[active, 0] & ~hits_stop.all(dim=1)
         if early_stopping is True:
             still_open &= ~finished[active].all(dim=1)
-        if not still_open.any():
-            break
-        tokens = running_sequences[active, :, cur_len - 1].flatten()
+        tokens = topk_tokens.gather(1, next_beams).reshape(-1, 1)  # A N x 1
         if not still_open.all():
             kept = still_open.nonzero().squeeze(1)  # indices into `active`
-            kept_rows = (kept[:, None] * num_beams + torch.arange(num_beams, device=device)).flatten()
+            kept_rows = (kept[:, None] * num_beams + beam_offsets).flatten()
             rows.keep(kept_rows)
             active, tokens = active[kept], tokens[kept_rows]
 
-    sequences = sequences[:, :num_return_sequences].flatten(0, 1)
-    indices = indices[:, :num_return_sequences].flatten(0, 1)
-    return sequences[:, :prompt_len + int((indices + 1).bool().sum(dim=1).max())]
+    returned = slice(None, num_return_sequences)
+    sequences, finished_lengths = sequences[:, returned].flatten(0, 1), finished_lengths[:, returned]
+    return sequences[:, :int(finished_lengths.max())]
 
 
 class LeanGenerationMixin(CoveragePenaltyMixin):

@@ -735,8 +735,9 @@ class RNNAttnForConditionalGeneration(LeanGenerationMixin, RNNAttnPreTrainedMode
 
         `source_length_cap=(a, b)` is read by `generate()`: greedy and beam search then give a source of S
         tokens at most `a * S + b` new tokens (see `lean_decoding.source_length_limits`). `max_active_rows=N` is
-        read by greedy `generate()` too: it decodes N sentences at a time, replacing each that ends by the next one
-        (`lean_decoding.greedy_search`), for a large batch; the results do not change. `coverage_penalty=beta` is
+        read by greedy and beam search `generate()` too: it decodes N rows (N // num_beams sentences) at a time,
+        replacing each sentence that ends by the next one (`lean_decoding`), for a large batch; the results do not
+        change. `coverage_penalty=beta` is
         read by beam search `generate()`: GNMT's coverage penalty (`beam_penalties.py`).
 
         `skip_logits` (default: training with `labels`, as with Liger-Kernel in transformers) returns

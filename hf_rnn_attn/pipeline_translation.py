@@ -19,10 +19,10 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
 from .alignment import sequence_attentions, word_attention
 
 
-# Greedy translation decodes this many batches' worth of sentences per generate() call, `batch_size` at a time:
-# each call ends with a tail of steps on the few sentences still decoding; the encoder states of a whole call are
-# held at once.
-GREEDY_BATCHES_PER_CALL = 16
+# Greedy and beam-search translation decode this many batches' worth of decoder rows (sentences x beams) per
+# generate() call, `batch_size` sentences at a time: each call ends with a tail of steps on the few sentences still
+# decoding; the encoder states of a whole call's rows are held at once.
+BATCHES_PER_CALL = 16
 
 
 class RNNAttnTranslationPipeline(Pipeline):
@@ -81,14 +81,16 @@ class RNNAttnTranslationPipeline(Pipeline):
         order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
         ordered = [texts[i] for i in order]
         batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
-        if self._decodes_greedily(kwargs) and batch_size > 1:
+        num_beams = self._setting(kwargs, "num_beams") or 1
+        if self._decodes_with_lean_loop(kwargs) and batch_size > 1:
             # Many batches' worth per generate() call, `batch_size` sentences decoding at a time, each that ends
-            # replaced by the next (lean_decoding.greedy_search): the same translations, no batch waits for its
-            # longest one. Longest first: once the long sources have ended, the rows drop their padding columns.
-            group, results = GREEDY_BATCHES_PER_CALL * batch_size, []
+            # replaced by the next (lean_decoding's greedy_search and beam_search): the same translations, no batch
+            # waits for its longest one. Longest first: once the long sources have ended, the rows drop their
+            # padding columns.
+            group, results = max(batch_size, BATCHES_PER_CALL * batch_size // num_beams), []
             for start in range(0, len(ordered), group):
                 results += super().__call__(ordered[start:start + group], batch_size=group,
-                                            max_active_rows=batch_size, **kwargs)
+                                            max_active_rows=batch_size * num_beams, **kwargs)
         else:
             results = super().__call__(ordered, batch_size=batch_size, **kwargs)
         translations = [None] * len(texts)
@@ -96,14 +98,15 @@ class RNNAttnTranslationPipeline(Pipeline):
             translations[index] = translation
         return translations
 
-    def _decodes_greedily(self, call_kwargs):
-        """Whether generate() will run the refilling greedy loop: one beam, no sampling, no attention recorded
-        (that takes transformers' loop, which would decode the whole group at once; the call's, else the
-        pipeline's, else the model's setting)."""
-        def setting(name, default=None):
-            model_setting = getattr(self.model.generation_config, name, default)
-            return call_kwargs.get(name, self._forward_params.get(name, model_setting))
-        return (setting("num_beams") or 1) == 1 and not setting("do_sample") and not setting("return_attention")
+    def _setting(self, call_kwargs, name):
+        """A generation setting: the call's, else the pipeline's, else the model's."""
+        model_setting = getattr(self.model.generation_config, name, None)
+        return call_kwargs.get(name, self._forward_params.get(name, model_setting))
+
+    def _decodes_with_lean_loop(self, call_kwargs):
+        """Whether generate() will run a refilling lean loop (greedy or beam search): no sampling and no attention
+        recorded, which take transformers' loops, where a whole group would decode at once."""
+        return not self._setting(call_kwargs, "do_sample") and not self._setting(call_kwargs, "return_attention")
 
     def _blank_translation(self, call_kwargs):
         """As many empty records as the call would return sequences."""

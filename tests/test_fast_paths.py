@@ -179,6 +179,24 @@ def test_refilled_greedy_search_gives_the_tokens_of_transformers_loop(variant):
     assert torch.equal(model.generate(source_length_cap=(0.5, 1), max_active_rows=2, **kwargs), capped)
 
 
+@pytest.mark.parametrize("case", [case for case in GENERATION_CASES if case != "greedy"] + ["beam-coverage"])
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_refilled_beam_search_gives_the_tokens_of_transformers_loop(variant, case):
+    model = tiny_model(variant, eos_token_id=3)
+    input_ids, attention_mask = source_batch(batch_size=3)
+    more_ids, more_mask = source_batch(seed=1, batch_size=3)
+    input_ids = torch.cat([input_ids, input_ids.flip(0), more_ids])
+    attention_mask = torch.cat([attention_mask, attention_mask.flip(0), more_mask])
+    search = GENERATION_CASES.get(case, dict(num_beams=3, coverage_penalty=0.5, length_penalty=0.6))
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, **search)
+    reference = model.generate(logits_processor=LogitsProcessorList([PassThrough()]), **kwargs)
+    beams = search["num_beams"]
+    for max_active_rows in (1, beams, 2 * beams + 1, 5 * beams):  # 1 row still decodes a whole sentence
+        assert torch.equal(model.generate(max_active_rows=max_active_rows, **kwargs), reference)
+    capped = model.generate(source_length_cap=(0.5, 1), **kwargs)
+    assert torch.equal(model.generate(source_length_cap=(0.5, 1), max_active_rows=2 * beams, **kwargs), capped)
+
+
 def _unroll_calls(monkeypatch):
     """Counts the decoder's calls of the fused unroll (`fused_unroll.unroll_gru_attention`)."""
     calls = []

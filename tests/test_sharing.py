@@ -212,14 +212,18 @@ def test_pipeline_batches_sources_of_similar_length_and_keeps_the_input_order(tr
     monkeypatch.setattr(saved.model, "generate", lambda **kwargs: calls.append(
         (kwargs["attention_mask"].sum(1).tolist(), kwargs.get("max_active_rows"))) or generate(**kwargs))
     lengths = sorted((len(saved.tokenizer(text)["input_ids"]) for text in SOURCES), reverse=True)
-    # Beam search: batches of 2, longest first.
+    # Beam search: one generate() call, longest first, 2 sentences (2 x 3 rows) decoding at a time.
     beams = translator(SOURCES, batch_size=2, num_beams=3)
     assert [records[0]["translation_text"] for records in beams] == saved.references[1]
-    assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths[:2], None), (lengths[2:], None)]
-    # Greedy search: one generate() call, longest first, 2 sentences decoding at a time.
+    assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths, 6)]
+    # Greedy search: the same, 2 rows.
     calls.clear()
     assert translator(SOURCES, batch_size=2) == [[{"translation_text": text}] for text in saved.references[0]]
     assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths, 2)]
+    # Sampling runs transformers' loop, which cannot refill: batches of 2, longest first.
+    calls.clear()
+    translator(SOURCES, batch_size=2, do_sample=True, max_new_tokens=3)
+    assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths[:2], None), (lengths[2:], None)]
 
 
 def test_pipeline_checks_languages_against_the_config(saved):
