@@ -95,14 +95,13 @@ class EnsembleEncoder(nn.Module):
 class EnsembleRows:
     """The lean loops' rows (`lean_decoding.ActiveRows`) of every member, stepped and shrunk together."""
 
-    def __init__(self, ensemble, model_kwargs, track_coverage=False):
-        self.members = [ActiveRows(member, {**model_kwargs, "encoder_outputs": output}, track_coverage)
+    def __init__(self, ensemble, model_kwargs, track_coverage=False, rows_per_source=1):
+        self.members = [ActiveRows(member, {**model_kwargs, "encoder_outputs": output}, track_coverage, rows_per_source)
                         for member, output in zip(ensemble.members, model_kwargs["encoder_outputs"].members)]
         self.refillable = all(rows.refillable for rows in self.members)
 
-    @property
-    def mask(self):
-        return self.members[0].mask
+    def row_mask(self):
+        return self.members[0].row_mask()
 
     @property
     def state(self):

@@ -41,31 +41,51 @@ def lean_decoding_applies(logits_processor, stopping_criteria, generation_config
 
 
 class ActiveRows:
-    """The decoder inputs of the rows still decoding: state, keys and source mask, shrunk as sentences end."""
+    """The decoder inputs of the rows still decoding: state, keys and source mask, shrunk as sentences end.
 
-    def __init__(self, model, model_kwargs, track_coverage=False):
+    With `rows_per_source=N` (beam search, one-token steps, global attention), the N consecutive rows of a sentence's
+    beams share one copy of its source: keys, mask and projected keys hold one row per sentence (generate() repeats
+    them for each beam; copying, shrinking and attending over them once is enough).
+    """
+
+    def __init__(self, model, model_kwargs, track_coverage=False, rows_per_source=1):
         encoder_outputs = model_kwargs["encoder_outputs"]
         self.model = model
+        self.rows_per_source = rows_per_source if model.config.attention_type == "global" else 1
         self.keys = encoder_outputs.last_hidden_state  # R x S x K
         self.mask = model_kwargs.get("attention_mask")
         if self.mask is None:
             self.mask = self.keys.new_ones(self.keys.shape[:2], dtype=torch.long)
+        if self.rows_per_source > 1:
+            encoder_outputs = _first_of_each_group(encoder_outputs, self.rows_per_source)
+            self.keys, self.mask = encoder_outputs.last_hidden_state, self.mask[::self.rows_per_source].contiguous()
         self.state = model.model.decoder.initial_state(encoder_outputs, track_coverage=track_coverage)
+        if self.rows_per_source > 1:
+            for name, tensor in self.state.tensors().items():
+                if name != "projected_keys":
+                    setattr(self.state, name, tensor.repeat_interleave(self.rows_per_source, dim=0))
         # Under local-m (`p_t = t`) a row joining later would take the step count of the rows already decoding,
         # which the state holds once for all rows (`seen_tokens`).
         self.refillable = model.config.attention_type != "local-m"
 
+    def row_mask(self):
+        """The source mask of each row (R x S)."""
+        return self.mask if self.rows_per_source == 1 else self.mask.repeat_interleave(self.rows_per_source, dim=0)
+
     def next_logits(self, tokens):
         """Logits of the next token (R x V, float32) after feeding `tokens`: R x P (the prompt) or R (one step)."""
         tokens = tokens if tokens.dim() == 2 else tokens[:, None]
-        features, _, self.state = self.model.model.decoder(tokens, self.state, self.keys, self.mask)
+        features, _, self.state = self.model.model.decoder(tokens, self.state, self.keys, self.mask,
+                                                           rows_per_source=self.rows_per_source)
         return self.model.lm_head(features[:, -1]).float()  # R x V
 
     def keep(self, rows):
-        """Keeps (and reorders to) `rows` of the current rows, on the source columns that they still read."""
-        self.state.select_rows(rows)
-        self.keys = self.keys.index_select(0, rows)
-        self.mask = self.mask.index_select(0, rows)
+        """Keeps (and reorders to) `rows` of the current rows, on the source columns that they still read. With
+        shared sources, `rows` keeps or drops whole groups of `rows_per_source`."""
+        sources = rows[::self.rows_per_source] // self.rows_per_source
+        self.state.select_rows(rows, source_rows=sources)
+        self.keys = self.keys.index_select(0, sources)
+        self.mask = self.mask.index_select(0, sources)
         self._resize_source(int(self.mask.sum(dim=1).max()) if rows.numel() else self.mask.size(1))
 
     def take(self, rows):
@@ -106,6 +126,12 @@ class ActiveRows:
             self.state.coverage = resize(self.state.coverage)  # B x S
 
 
+def _first_of_each_group(encoder_outputs, group):
+    """`encoder_outputs` with the first of every `group` rows of its tensors (one per sentence of beams)."""
+    return type(encoder_outputs)(**{name: value[::group].contiguous() if isinstance(value, torch.Tensor) else value
+                                    for name, value in encoder_outputs.items()})
+
+
 def source_length_limits(source_length_cap, attention_mask, prompt_len, rows_per_sentence=1):
     """Each sentence's `max_length` under `source_length_cap=(a, b)`: at most `a * S + b` new tokens for a source
     of S real tokens. An option, not a default: it can cut a translation that would have ended later."""
@@ -142,7 +168,7 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
     waiting = rows_class(model, model_kwargs)  # every sentence, before its first step
     limits = None
     if source_length_cap is not None:
-        limits = source_length_limits(source_length_cap, waiting.mask, prompt_len)
+        limits = source_length_limits(source_length_cap, waiting.row_mask(), prompt_len)
     # Rows joining later would need their whole prompt first, and some states cannot take rows that join later.
     if max_active_rows is None or prompt_len > 1 or not waiting.refillable:
         max_active_rows = batch_size
@@ -221,10 +247,13 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
     lengths = torch.full((batch_size,), prompt_len, device=device)
 
     coverage = model._coverage_penalty
-    waiting = rows_class(model, model_kwargs, track_coverage=coverage is not None)  # every row, before its first step
+    # Every row, before its first step; the beams of a sentence share its source when they step one token at a time.
+    waiting = rows_class(model, model_kwargs, track_coverage=coverage is not None,
+                         rows_per_source=num_beams if prompt_len == 1 else 1)
     limits = None
     if source_length_cap is not None:
-        limits = source_length_limits(source_length_cap, waiting.mask, prompt_len, rows_per_sentence=num_beams)
+        limits = source_length_limits(source_length_cap, waiting.row_mask(), prompt_len,
+                                      rows_per_sentence=num_beams)
     max_sentences = batch_size
     if max_active_rows is not None and prompt_len == 1 and waiting.refillable:
         max_sentences = max(1, max_active_rows // num_beams)
@@ -248,7 +277,7 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
         count, length = active.numel(), lengths[active]  # A, A
         log_probs = rows.next_logits(tokens).log_softmax(dim=-1).view(count, num_beams, -1)
         if coverage is not None:
-            coverage.observe(rows.state.coverage, rows.mask)
+            coverage.observe(rows.state.coverage, rows.row_mask())
         vocab_size = log_probs.shape[-1]
         log_probs = log_probs + running_scores[active, :, None]
         # The top 2N continuations: beam `parents` plus one token each, written at the sentence's own length.

@@ -9,7 +9,7 @@ K encoder output size (2 x encoder hidden size when bidirectional), L layers, V 
 """
 
 from dataclasses import dataclass, fields
-from functools import cache
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -335,10 +335,13 @@ class RNNAttnState:
     def tensors(self):
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 
-    def select_rows(self, rows):
-        """Keeps, in place, `rows` (in that order) of every tensor: sentences that leave take their keys along."""
+    def select_rows(self, rows, source_rows=None):
+        """Keeps, in place, `rows` (in that order) of every tensor: sentences that leave take their keys along.
+        `source_rows`: those of `projected_keys` when it holds one row per source, shared by the rows of its beams
+        (`lean_decoding.ActiveRows`)."""
         for name, tensor in self.tensors().items():
-            setattr(self, name, tensor.index_select(0, rows.to(tensor.device)))
+            index = source_rows if name == "projected_keys" and source_rows is not None else rows
+            setattr(self, name, tensor.index_select(0, index.to(tensor.device)))
 
     def reorder_cache(self, beam_idx):
         """Keeps, in place, the rows of the beams that survived (generate() ignores a return value).
@@ -425,7 +428,8 @@ class RNNAttnDecoder(nn.Module):
                                      projected_keys=self.score.project_keys(keys),
                                      coverage=keys.new_zeros(keys.shape[:2]) if track_coverage else None)
 
-    def forward(self, input_ids, state, keys, attention_mask, inputs_embeds=None, output_hidden_states=False):
+    def forward(self, input_ids, state, keys, attention_mask, inputs_embeds=None, output_hidden_states=False,
+                rows_per_source=1):
         """Consumes T target tokens from `state`: teacher forcing with input feeding takes the fused unroll, the
         rest (one token, or T tokens without input feeding) `step`.
 
@@ -437,6 +441,8 @@ class RNNAttnDecoder(nn.Module):
             inputs_embeds: B x T x E, in place of the embeddings of `input_ids`.
             output_hidden_states: also return the hidden states (slower without input feeding: the RNN then
                 runs one layer at a time).
+            rows_per_source: with N > 1 (one token, global attention), `keys`, `attention_mask` and the state's
+                `projected_keys` hold one row per source, shared by N consecutive rows (the beams of a sentence).
         Returns:
             `o_t` (B x T x H + K, or B x T x H with `output_layer="tanh"`), attention weights B x T x S,
             the new state, and with `output_hidden_states` the embeddings (B x T x E) then each RNN layer's
@@ -444,7 +450,11 @@ class RNNAttnDecoder(nn.Module):
         """
         embedded = self.dropout(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)  # B x T x E
         run = self.step
-        if self.config.input_feeding and embedded.size(1) > 1:
+        if rows_per_source > 1:
+            if embedded.size(1) > 1 or self.aligned_position is not None:
+                raise ValueError("`rows_per_source` > 1 takes one token per row and global attention.")
+            run = partial(self.step, rows_per_source=rows_per_source)
+        elif self.config.input_feeding and embedded.size(1) > 1:
             # The hand-written backward pass is written for float32/64: under autocast the autograd unroll runs.
             fused = fuses(self.config) and not torch.is_autocast_enabled(embedded.device.type)
             run = self._unroll_fused if fused else self._unroll_with_input_feeding
@@ -455,12 +465,12 @@ class RNNAttnDecoder(nn.Module):
             return output, weights, new_state, (embedded, *layers)
         return output, weights, new_state
 
-    def step(self, embedded, state, keys, attention_mask, output_hidden_states=False):
+    def step(self, embedded, state, keys, attention_mask, output_hidden_states=False, rows_per_source=1):
         """The decoder as the papers write it, for one token (B x 1 x E embedded), or for all T teacher-forced
         tokens at once without input feeding, where `x_t` does not need `c_{t-1}`.
 
         Returns `o_t`, the attention weights, the new state (as `forward`) and each RNN layer's states (B x T x H)
-        with `output_hidden_states`, else None.
+        with `output_hidden_states`, else None. `rows_per_source` as in `forward`.
         """
         x = embedded  # B x T x E
         if self.config.input_feeding:
@@ -469,7 +479,12 @@ class RNNAttnDecoder(nn.Module):
             top, final, lower_layers = run_rnn_layers(self.rnn, x, state.rnn_state())
         else:
             top, final = run_rnn(self.rnn, x, state.rnn_state())  # B x T x H: h_t
-        context, weights = self.attention(top, state, keys, attention_mask)  # B x T x K, B x T x S
+        if rows_per_source > 1:  # each source's rows attend as its N x T queries (B x T = A x N T)
+            query = top.reshape(-1, rows_per_source * top.size(1), top.size(-1))  # A x N T x H
+            context, weights = (t.reshape(*top.shape[:2], -1) for t in self.attention(query, state, keys,
+                                                                                       attention_mask))
+        else:
+            context, weights = self.attention(top, state, keys, attention_mask)  # B x T x K, B x T x S
         new_state = RNNAttnState.from_rnn(final, context=context[:, -1] if self.config.input_feeding else None,
                                           projected_keys=state.projected_keys,
                                           seen_tokens=state.seen_tokens + embedded.size(1))
