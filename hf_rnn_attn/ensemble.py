@@ -29,7 +29,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import ModelOutput
 
 from .configuration_rnn_attn import RNNAttnConfig
-from .lean_decoding import ActiveRows, LeanGenerationMixin
+from .lean_decoding import ActiveRows, LeanGenerationMixin, repeat_rows
 from .modeling_rnn_attn import RNNAttnForConditionalGeneration, check_num_beams, with_config_defaults
 
 # Members must agree on these, or the same id would mean different tokens (or none) to different members.
@@ -44,10 +44,7 @@ class EnsembleEncoderOutput(ModelOutput):
 
     def repeat_interleave(self, repeats):
         """Each row `repeats` times, as generate() expands encoder outputs for beams and returned sequences."""
-        return EnsembleEncoderOutput(members=tuple(
-            type(output)(**{name: value.repeat_interleave(repeats, dim=0) if isinstance(value, torch.Tensor) else value
-                            for name, value in output.items()})
-            for output in self.members))
+        return EnsembleEncoderOutput(members=tuple(repeat_rows(output, repeats) for output in self.members))
 
 
 @dataclass
@@ -95,8 +92,9 @@ class EnsembleEncoder(nn.Module):
 class EnsembleRows:
     """The lean loops' rows (`lean_decoding.ActiveRows`) of every member, stepped and shrunk together."""
 
-    def __init__(self, ensemble, model_kwargs, track_coverage=False, rows_per_source=1):
-        self.members = [ActiveRows(member, {**model_kwargs, "encoder_outputs": output}, track_coverage, rows_per_source)
+    def __init__(self, ensemble, model_kwargs, track_coverage=False, rows_per_source=1, share_sources=True):
+        self.members = [ActiveRows(member, {**model_kwargs, "encoder_outputs": output}, track_coverage, rows_per_source,
+                                   share_sources)
                         for member, output in zip(ensemble.members, model_kwargs["encoder_outputs"].members)]
         self.refillable = all(rows.refillable for rows in self.members)
 
@@ -174,14 +172,9 @@ class RNNAttnEnsemble(LeanGenerationMixin, PreTrainedModel, GenerationMixin):
     def get_encoder(self):
         return EnsembleEncoder(self.members)
 
-    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        """generate() repeats only the top-level tensors of `encoder_outputs` for beams; the members' outputs are
-        one level down."""
-        encoder_outputs = model_kwargs.pop("encoder_outputs", None)
-        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
-        if encoder_outputs is not None:
-            model_kwargs["encoder_outputs"] = encoder_outputs.repeat_interleave(expand_size)
-        return input_ids, model_kwargs
+    @staticmethod
+    def _repeat_encoder_outputs(encoder_outputs, repeats):
+        return encoder_outputs.repeat_interleave(repeats)  # the members' outputs are one level down
 
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """`GenerationMixin.generate`, with a clear error for a beam count below 1."""

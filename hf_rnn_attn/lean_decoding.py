@@ -43,22 +43,24 @@ def lean_decoding_applies(logits_processor, stopping_criteria, generation_config
 class ActiveRows:
     """The decoder inputs of the rows still decoding: state, keys and source mask, shrunk as sentences end.
 
-    With `rows_per_source=N` (beam search, one-token steps, global attention), the N consecutive rows of a sentence's
-    beams share one copy of its source: keys, mask and projected keys hold one row per sentence (generate() repeats
-    them for each beam; copying, shrinking and attending over them once is enough).
+    `model_kwargs` hold one source per sentence (`LeanGenerationMixin` does not repeat them for beams), and
+    `rows_per_source` decoder rows decode each. With `share_sources` (one-token steps, global attention) those rows,
+    a sentence's beams, share one copy of its source: keys, mask and projected keys hold one row per sentence,
+    copied, shrunk and attended over once for all its beams; else each row gets its own copy.
     """
 
-    def __init__(self, model, model_kwargs, track_coverage=False, rows_per_source=1):
+    def __init__(self, model, model_kwargs, track_coverage=False, rows_per_source=1, share_sources=True):
         encoder_outputs = model_kwargs["encoder_outputs"]
         self.model = model
-        self.rows_per_source = rows_per_source if model.config.attention_type == "global" else 1
-        self.keys = encoder_outputs.last_hidden_state  # R x S x K
+        self.keys = encoder_outputs.last_hidden_state  # B x S x K
         self.mask = model_kwargs.get("attention_mask")
         if self.mask is None:
             self.mask = self.keys.new_ones(self.keys.shape[:2], dtype=torch.long)
-        if self.rows_per_source > 1:
-            encoder_outputs = _first_of_each_group(encoder_outputs, self.rows_per_source)
-            self.keys, self.mask = encoder_outputs.last_hidden_state, self.mask[::self.rows_per_source].contiguous()
+        shared = share_sources and model.config.attention_type == "global"
+        if rows_per_source > 1 and not shared:
+            encoder_outputs = repeat_rows(encoder_outputs, rows_per_source)
+            self.keys, self.mask = encoder_outputs.last_hidden_state, self.mask.repeat_interleave(rows_per_source, 0)
+        self.rows_per_source = rows_per_source if shared else 1
         self.state = model.model.decoder.initial_state(encoder_outputs, track_coverage=track_coverage)
         if self.rows_per_source > 1:
             for name, tensor in self.state.tensors().items():
@@ -126,10 +128,10 @@ class ActiveRows:
             self.state.coverage = resize(self.state.coverage)  # B x S
 
 
-def _first_of_each_group(encoder_outputs, group):
-    """`encoder_outputs` with the first of every `group` rows of its tensors (one per sentence of beams)."""
-    return type(encoder_outputs)(**{name: value[::group].contiguous() if isinstance(value, torch.Tensor) else value
-                                    for name, value in encoder_outputs.items()})
+def repeat_rows(outputs, repeats):
+    """A `ModelOutput` (an encoder's) with each row of its tensors `repeats` times, as generate() repeats them."""
+    return type(outputs)(**{name: value.repeat_interleave(repeats, dim=0) if isinstance(value, torch.Tensor) else value
+                            for name, value in outputs.items()})
 
 
 def source_length_limits(source_length_cap, attention_mask, prompt_len, rows_per_sentence=1):
@@ -189,7 +191,8 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
             active, tokens = torch.cat([active, joining]), torch.cat([tokens, input_ids[joining]])
         if not active.numel():
             return sequences[:, :int(lengths.max())]
-        tokens = rows.next_logits(tokens).argmax(dim=-1, keepdim=True)  # A x 1
+        # The first largest logit, as argmax (which takes ~3x as long on the CPU).
+        tokens = rows.next_logits(tokens).max(dim=-1, keepdim=True).indices  # A x 1
         positions = lengths[active]
         sequences[active, positions] = tokens[:, 0]
         lengths[active] = positions + 1
@@ -248,8 +251,8 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
 
     coverage = model._coverage_penalty
     # Every row, before its first step; the beams of a sentence share its source when they step one token at a time.
-    waiting = rows_class(model, model_kwargs, track_coverage=coverage is not None,
-                         rows_per_source=num_beams if prompt_len == 1 else 1)
+    waiting = rows_class(model, model_kwargs, track_coverage=coverage is not None, rows_per_source=num_beams,
+                         share_sources=prompt_len == 1)
     limits = None
     if source_length_cap is not None:
         limits = source_length_limits(source_length_cap, waiting.row_mask(), prompt_len,
@@ -350,6 +353,27 @@ class LeanGenerationMixin(CoveragePenaltyMixin):
 
     _rows_class = ActiveRows
 
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """generate()'s copies for beams and returned sequences, except of the source (encoder outputs and mask):
+        the lean loops keep one per sentence (`ActiveRows`), `_repeat_sources` makes them for transformers' loops."""
+        sources = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask") if name in model_kwargs}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
+        return input_ids, {**model_kwargs, **sources}
+
+    def _repeat_sources(self, generation_config, model_kwargs):
+        """`model_kwargs` with the source repeated as generate() would have: for each beam or returned sequence."""
+        repeats = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        if repeats == 1:
+            return model_kwargs
+        repeated = {"encoder_outputs": self._repeat_encoder_outputs(model_kwargs["encoder_outputs"], repeats)}
+        if model_kwargs.get("attention_mask") is not None:
+            repeated["attention_mask"] = model_kwargs["attention_mask"].repeat_interleave(repeats, dim=0)
+        return {**model_kwargs, **repeated}
+
+    @staticmethod
+    def _repeat_encoder_outputs(encoder_outputs, repeats):
+        return repeat_rows(encoder_outputs, repeats)
+
     def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                 streamer=None, **model_kwargs):
         if lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
@@ -357,7 +381,7 @@ class LeanGenerationMixin(CoveragePenaltyMixin):
             return greedy_search(self, input_ids, stopping_criteria, generation_config, rows_class=self._rows_class,
                                  **model_kwargs)
         return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
-                               streamer, **model_kwargs)
+                               streamer, **self._repeat_sources(generation_config, model_kwargs))
 
     def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                      coverage_penalty=None, **model_kwargs):
@@ -366,6 +390,7 @@ class LeanGenerationMixin(CoveragePenaltyMixin):
                                      model_kwargs):
                 return beam_search(self, input_ids, stopping_criteria, generation_config, rows_class=self._rows_class,
                                    **model_kwargs)
+            model_kwargs = self._repeat_sources(generation_config, model_kwargs)
             if coverage_penalty is not None:  # the first state, which sums the attention weights from here on
                 model_kwargs["past_key_values"] = self._coverage_tracking_state(model_kwargs["encoder_outputs"])
             return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config,

@@ -19,9 +19,9 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
 from .alignment import sequence_attentions, word_attention
 
 
-# Greedy and beam-search translation decode this many batches' worth of decoder rows (sentences x beams) per
-# generate() call, `batch_size` sentences at a time: each call ends with a tail of steps on the few sentences still
-# decoding; the encoder states of a whole call's rows are held at once.
+# Greedy and beam-search translation decode this many batches' worth of sentences per generate() call,
+# `batch_size` sentences (and their beams) at a time: each call ends with a tail of steps on the few sentences still
+# decoding; the encoder states of a whole call are held at once, one copy per sentence.
 BATCHES_PER_CALL = 16
 
 
@@ -87,7 +87,7 @@ class RNNAttnTranslationPipeline(Pipeline):
             # replaced by the next (lean_decoding's greedy_search and beam_search): the same translations, no batch
             # waits for its longest one. Longest first: once the long sources have ended, the rows drop their
             # padding columns.
-            group, results = max(batch_size, BATCHES_PER_CALL * batch_size // num_beams), []
+            group, results = BATCHES_PER_CALL * batch_size, []
             for start in range(0, len(ordered), group):
                 results += super().__call__(ordered[start:start + group], batch_size=group,
                                             max_active_rows=batch_size * num_beams, **kwargs)
