@@ -356,7 +356,8 @@ class LeanGenerationMixin(CoveragePenaltyMixin):
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """generate()'s copies for beams and returned sequences, except of the source (encoder outputs and mask):
         the lean loops keep one per sentence (`ActiveRows`), `_repeat_sources` makes them for transformers' loops."""
-        sources = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask") if name in model_kwargs}
+        sources = {name: model_kwargs.pop(name) for name in ("encoder_outputs", "attention_mask")
+                   if name in model_kwargs}
         input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
         return input_ids, {**model_kwargs, **sources}
 

@@ -65,6 +65,33 @@ def test_linear_cross_entropy_in_chunks_equals_cross_entropy_of_the_logits(chunk
         torch.testing.assert_close(fused_grad, t.grad)
 
 
+GRU_ENCODERS = ["bigru-bahdanau", "bigru-2layer-decoder-tanh", "gru-unidirectional-zeros-location"]
+
+
+@pytest.mark.parametrize("variant", GRU_ENCODERS)
+def test_padded_gru_encoder_in_training_equals_the_packed_encoder(variant, monkeypatch):
+    calls = []
+    padded = modeling_rnn_attn.run_gru_padded
+    monkeypatch.setattr(modeling_rnn_attn, "run_gru_padded", lambda *args: calls.append(1) or padded(*args))
+    encoder = tiny_model(variant).double().model.encoder
+    input_ids, attention_mask = source_batch()
+    plain = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)  # packed
+    fast = encoder(input_ids=input_ids, attention_mask=attention_mask)
+    assert calls == [1]  # only the second call took the padded GRU
+    torch.testing.assert_close(fast.last_hidden_state, plain.last_hidden_state)
+    torch.testing.assert_close(fast.final_hidden_state, plain.final_hidden_state)
+    assert not fast.last_hidden_state[attention_mask == 0].any()  # padding stays zero, as pad_packed_sequence leaves it
+    weights = torch.randn_like(plain.last_hidden_state), torch.randn_like(plain.final_hidden_state)
+    grads = [torch.autograd.grad((out.last_hidden_state * weights[0]).sum()
+                                 + (out.final_hidden_state * weights[1]).sum(), list(encoder.parameters()))
+             for out in (plain, fast)]
+    for plain_grad, fast_grad in zip(*grads):
+        torch.testing.assert_close(fast_grad, plain_grad)
+    with torch.no_grad():  # inference keeps the packed GRU
+        encoder(input_ids=input_ids, attention_mask=attention_mask)
+    assert calls == [1]
+
+
 class PassThrough(LogitsProcessor):
     """Changes nothing, but makes generate() use transformers' own decoding loops."""
 
