@@ -127,9 +127,10 @@ def _sigmoid_blocks(query, keys):
 
 
 def _workspace(shape, like):
-    """A buffer of `shape` on `like`'s device and dtype, reused by every call on this thread."""
+    """A buffer of `shape` on `like`'s device and dtype, reused by every call on this thread. One per inference
+    mode: a buffer made under `torch.inference_mode()` cannot be written outside it."""
     buffers = _workspaces.__dict__.setdefault("buffers", {})
-    key, size = (like.device, like.dtype), math.prod(shape)
+    key, size = (like.device, like.dtype, torch.is_inference_mode_enabled()), math.prod(shape)
     if key not in buffers or buffers[key].numel() < size:
         buffers[key] = like.new_empty(size)
     return buffers[key][:size].view(shape)

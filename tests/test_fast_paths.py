@@ -191,6 +191,18 @@ def test_additive_score_recomputing_tanh_equals_autograd(workspace_elements, mon
     assert torch.autograd.gradcheck(AdditiveScoreFunction.apply, (query.double(), keys.double(), v.double()))
 
 
+def test_additive_score_works_after_generating_under_inference_mode():
+    """The score's reused buffer: one made under `torch.inference_mode()` cannot be written in training."""
+    model = tiny_model("bigru-bahdanau")
+    input_ids, attention_mask = source_batch()
+    with torch.inference_mode():
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=3)
+    model.train()
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids[:, :4]).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_refilled_greedy_search_gives_the_tokens_of_transformers_loop(variant):
     model = tiny_model(variant, eos_token_id=3)
