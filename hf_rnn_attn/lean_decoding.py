@@ -147,6 +147,27 @@ def source_length_limits(source_length_cap, attention_mask, prompt_len, rows_per
     return prompt_len + torch.ceil(ratio * source_lengths + offset).long()
 
 
+def join_waiting(waiting, rows, active, tokens, input_ids, next_sentence, max_sentences, rows_per_sentence=1):
+    """Moves the next waiting sentences into the batch (`rows`, None before the first) once an eighth of its
+    `max_sentences` places are free, or it is empty: joining copies rows of the state, so not for every single
+    sentence that ends. `rows_per_sentence` rows (beams) decode each sentence, from its rows of `input_ids`.
+    Returns the rows, the active sentences, their tokens (the prompt for those joining) and the next waiting one."""
+    sentences = input_ids.shape[0] // rows_per_sentence
+    free = max_sentences - active.numel()
+    if next_sentence >= sentences or (free < max(1, max_sentences // 8) and active.numel()):
+        return rows, active, tokens, next_sentence
+    joining = torch.arange(next_sentence, min(sentences, next_sentence + free), device=input_ids.device)
+    joining_rows = (joining[:, None] * rows_per_sentence
+                    + torch.arange(rows_per_sentence, device=input_ids.device)).flatten()
+    new_rows = waiting if joining.numel() == sentences else waiting.take(joining_rows)
+    if rows is None:
+        rows = new_rows
+    else:
+        rows.extend(new_rows)
+    return (rows, torch.cat([active, joining]), torch.cat([tokens, input_ids[joining_rows]]),
+            next_sentence + joining.numel())
+
+
 @torch.no_grad()
 def greedy_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None,
                   max_active_rows=None, rows_class=ActiveRows, **model_kwargs):
@@ -178,17 +199,8 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
     active = torch.zeros(0, dtype=torch.long, device=device)  # sentence of each row
     tokens, rows, next_sentence = input_ids[:0], None, 0  # tokens: A x P, the prompt first, as transformers' prefill
     while True:
-        free = max_active_rows - active.numel()
-        # Refill in groups: joining rows copies the state, so not for every single sentence that ends.
-        if next_sentence < batch_size and (free >= max(1, max_active_rows // 8) or not active.numel()):
-            joining = torch.arange(next_sentence, min(batch_size, next_sentence + free), device=device)
-            next_sentence += joining.numel()
-            new_rows = waiting if joining.numel() == batch_size else waiting.take(joining)
-            if rows is None:
-                rows = new_rows
-            else:
-                rows.extend(new_rows)
-            active, tokens = torch.cat([active, joining]), torch.cat([tokens, input_ids[joining]])
+        rows, active, tokens, next_sentence = join_waiting(waiting, rows, active, tokens, input_ids, next_sentence,
+                                                           max_active_rows)
         if not active.numel():
             return sequences[:, :int(lengths.max())]
         # The first largest logit, as argmax (which takes ~3x as long on the CPU).
@@ -264,17 +276,8 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
     active = torch.zeros(0, dtype=torch.long, device=device)  # sentence of each group of N rows
     tokens, rows, next_sentence = input_ids[:0], None, 0  # tokens: A N x P, the prompt first
     while True:
-        free = max_sentences - active.numel()
-        if next_sentence < batch_size and (free >= max(1, max_sentences // 8) or not active.numel()):
-            joining = torch.arange(next_sentence, min(batch_size, next_sentence + free), device=device)
-            joining_rows = (joining[:, None] * num_beams + beam_offsets).flatten()
-            next_sentence += joining.numel()
-            new_rows = waiting if joining.numel() == batch_size else waiting.take(joining_rows)
-            if rows is None:
-                rows = new_rows
-            else:
-                rows.extend(new_rows)
-            active, tokens = torch.cat([active, joining]), torch.cat([tokens, input_ids[joining_rows]])
+        rows, active, tokens, next_sentence = join_waiting(waiting, rows, active, tokens, input_ids, next_sentence,
+                                                           max_sentences, rows_per_sentence=num_beams)
         if not active.numel():
             break
         count, length = active.numel(), lengths[active]  # A, A
