@@ -285,7 +285,7 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
         if coverage is not None:
             coverage.observe(rows.state.coverage, rows.row_mask())
         vocab_size = log_probs.shape[-1]
-        log_probs = log_probs + running_scores[active, :, None]
+        log_probs.add_(running_scores[active, :, None])  # in place: a fresh R x V tensor costs ~2% of the search
         # The top 2N continuations: beam `parents` plus one token each, written at the sentence's own length.
         topk_log_probs, topk_indices = torch.topk(log_probs.view(count, -1), k=beams_to_keep)  # A x K
         parents, topk_tokens = topk_indices // vocab_size, topk_indices % vocab_size
