@@ -301,40 +301,43 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
         running_log_probs = topk_log_probs + hits_stop.to(torch.float32) * -1.0e9
         next_beams = torch.topk(running_log_probs, k=num_beams)[1]  # A x N, indices into the K
         running_sequences[active, :, :width] = candidates.gather(1, next_beams[..., None].expand(-1, -1, width))
-        running_scores[active] = running_log_probs.gather(1, next_beams)
+        new_running_scores = running_log_probs.gather(1, next_beams)  # A x N
+        running_scores[active] = new_running_scores
         # Those that end among the top N join the finished hypotheses (`_update_finished_beams`).
         just_finished = hits_stop & top_num_beam_mask[None, :]
-        new_tokens = length + 1 - prompt_len  # A
+        penalty = penalties[length + 1 - prompt_len][:, None]  # A x 1: new tokens ** length_penalty
+        first_rows = torch.arange(count, device=device)[:, None] * num_beams  # A x 1: each sentence's first row
         if coverage is not None:
-            parent_rows = torch.arange(count, device=device)[:, None] * num_beams + parents
-            topk_log_probs = topk_log_probs + coverage.row_penalty[parent_rows] * penalties[new_tokens][:, None]
-        finished_scores = topk_log_probs / penalties[new_tokens][:, None]
-        all_finished = finished[active].all(dim=-1, keepdim=True) & (early_stopping is True)
+            topk_log_probs = topk_log_probs + coverage.row_penalty[first_rows + parents] * penalty
+        finished_scores = topk_log_probs / penalty
+        was_finished, was_open = finished[active], open_sentence[active]  # A x N, A x 1
+        all_finished = was_finished.all(dim=-1, keepdim=True) & (early_stopping is True)
         finished_scores += all_finished.to(torch.float32) * -1.0e9
-        finished_scores += (~open_sentence[active]).to(torch.float32) * -1.0e9
+        finished_scores += (~was_open).to(torch.float32) * -1.0e9
         finished_scores += (~just_finished) * -1.0e9
         merged_scores = torch.cat([scores[active], finished_scores], dim=1)  # A x (N + K)
         best = torch.topk(merged_scores, k=num_beams)[1]  # A x N
         merged_sequences = torch.cat([sequences[active, :, :width], candidates], dim=1)
         sequences[active, :, :width] = merged_sequences.gather(1, best[..., None].expand(-1, -1, width))
-        scores[active] = merged_scores.gather(1, best)
-        finished[active] = torch.cat([finished[active], just_finished], dim=1).gather(1, best)
+        new_scores = merged_scores.gather(1, best)
+        new_finished = torch.cat([was_finished, just_finished], dim=1).gather(1, best)
+        scores[active], finished[active] = new_scores, new_finished
         merged_lengths = torch.cat([finished_lengths[active], (length + 1)[:, None].expand(-1, beams_to_keep)], dim=1)
         finished_lengths[active] = merged_lengths.gather(1, best)
         # The rows of the surviving beams, and the early-stop heuristic (`_check_early_stop_heuristic`).
-        rows.state.reorder_cache((torch.arange(count, device=device)[:, None] * num_beams
-                                  + parents.gather(1, next_beams)).flatten())
+        rows.state.reorder_cache((first_rows + parents.gather(1, next_beams)).flatten())
         length = length + 1
         lengths[active] = length
         if early_stopping == "never" and length_penalty > 0.0:
-            best_running = running_scores[active, :1] / penalties[max_length - prompt_len]
+            best_running = new_running_scores[:, :1] / penalties[max_length - prompt_len]
         else:
-            best_running = running_scores[active, :1] / penalties[length - prompt_len][:, None]
-        worst_finished = torch.where(finished[active], scores[active].min(dim=1, keepdim=True)[0], -1.0e9)
-        open_sentence[active] &= (best_running > worst_finished).any(dim=-1, keepdim=True)
-        still_open = open_sentence[active, 0] & ~hits_stop.all(dim=1)
+            best_running = new_running_scores[:, :1] / penalties[length - prompt_len][:, None]
+        worst_finished = torch.where(new_finished, new_scores.min(dim=1, keepdim=True)[0], -1.0e9)
+        new_open = was_open & (best_running > worst_finished).any(dim=-1, keepdim=True)
+        open_sentence[active] = new_open
+        still_open = new_open[:, 0] & ~hits_stop.all(dim=1)
         if early_stopping is True:
-            still_open &= ~finished[active].all(dim=1)
+            still_open &= ~new_finished.all(dim=1)
         tokens = topk_tokens.gather(1, next_beams).reshape(-1, 1)  # A N x 1
         if not still_open.all():
             kept = still_open.nonzero().squeeze(1)  # indices into `active`

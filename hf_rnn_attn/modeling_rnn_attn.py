@@ -198,8 +198,9 @@ def run_gru_padded(gru, embedded, lengths):
         for direction in range(directions):
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
             weights = [getattr(gru, f"{name}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            order = reversed_order[..., None].expand(-1, -1, inputs.size(-1))
-            direction_inputs = inputs.gather(1, order) if direction else inputs
+            direction_inputs = inputs
+            if direction:
+                direction_inputs = inputs.gather(1, reversed_order[..., None].expand(-1, -1, inputs.size(-1)))
             states, _ = torch.gru(direction_inputs, direction_inputs.new_zeros(1, inputs.size(0), gru.hidden_size),
                                   weights, True, 1, 0.0, gru.training, False, True)  # B x S x H
             finals.append(states.gather(1, last[..., None].expand(-1, 1, gru.hidden_size)))  # B x 1 x H
@@ -793,8 +794,8 @@ class RNNAttnForConditionalGeneration(LeanGenerationMixin, RNNAttnPreTrainedMode
         tokens at most `a * S + b` new tokens (see `lean_decoding.source_length_limits`). `max_active_rows=N` is
         read by greedy and beam search `generate()` too: it decodes N rows (N // num_beams sentences) at a time,
         replacing each sentence that ends by the next one (`lean_decoding`), for a large batch; the results do not
-        change. `coverage_penalty=beta` is
-        read by beam search `generate()`: GNMT's coverage penalty (`beam_penalties.py`).
+        change. `coverage_penalty=beta` is read by beam search `generate()`: GNMT's coverage penalty
+        (`beam_penalties.py`).
 
         `skip_logits` (default: training with `labels`, as with Liger-Kernel in transformers) returns
         `logits=None` and computes the loss chunk by chunk without the B x T x V logits (`linear_cross_entropy`):
