@@ -10,17 +10,20 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import torch
 from accelerate import PartialState
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoTokenizer, Seq2SeqTrainer, TrainerCallback, set_seed
-from transformers.trainer_pt_utils import LengthGroupedSampler, nested_gather
+from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .configuration_rnn_attn import RNNAttnConfig
 from .distributed import build_on_main_process
+from .length_grouping import ShuffledLengthGroupedSampler
 from .metrics import load_translation_metric
 from .modeling_rnn_attn import RNNAttnForConditionalGeneration
 from .tokenizer_training import train_translation_tokenizer
@@ -29,6 +32,7 @@ from .translation_data import load_translation_dataset
 logger = logging.get_logger(__name__)
 # Written into every checkpoint by TranslationTrainer: the summed training loss up to that step.
 LOSS_SUM_FILE = "train_loss_sum.json"
+LOSS_NORMALIZATIONS = ("tokens", "sentences")
 # What a finished or interrupted training run leaves in its output folder.
 TRAINING_RUN_FILES = ("model.safetensors", "config.json", "trainer_state.json", "training_args.bin")
 
@@ -89,6 +93,12 @@ class DataArguments:
         "help": "with --max_train_minutes: run --lr_scheduler_type (and a --warmup_steps ratio) over the minutes "
                 "instead of the steps, so that a linear schedule reaches 0 when the time is up"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without BLEU gain"})
+    loss_normalization: Literal["tokens", "sentences"] = field(default="tokens", metadata={
+        "help": "tokens: an update's loss is the mean over its target tokens (transformers'); sentences: the sum "
+                "over them / (its sentences x the training set's mean target tokens), so that every target token "
+                "weighs the same in every update (OpenNMT-py's `normalization: sents`, rescaled). Use sentences "
+                "with --train_sampling_strategy group_by_length, whose batches of short sentences would otherwise "
+                "weigh each of their tokens several times more than batches of long ones"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an --output_dir that holds a run, deleting its checkpoints (else refused)"})
 
@@ -97,6 +107,17 @@ class DataArguments:
                               "max_train_minutes", "early_stopping_patience"))
         if self.lr_schedule_by_time and self.max_train_minutes is None:
             raise ValueError("--lr_schedule_by_time needs --max_train_minutes: the schedule runs over that time.")
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"--loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)}, "
+                             f"got {self.loss_normalization!r}.")
+
+
+def mean_target_tokens(dataset):
+    """The mean number of target tokens (`labels`, unpadded) per example of a tokenized dataset."""
+    if dataset is None or "labels" not in dataset.column_names or len(dataset) == 0:
+        raise ValueError("--loss_normalization sentences needs a training set with a `labels` column: its mean "
+                         "target length scales the loss.")
+    return float(np.mean([len(labels) for labels in dataset["labels"]]))
 
 
 def check_output_dir(output_dir, overwrite_output_dir=False, resume_from_checkpoint=None):
@@ -227,6 +248,11 @@ class TranslationTrainer(Seq2SeqTrainer):
     B x T x V logits, and with `schedule_clock` (a `TimeBudgetCallback`) the learning-rate schedule runs over the
     time budget (`schedule_over_time`).
 
+    With `loss_normalization="sentences"` an update's loss is its summed token loss divided by its sentences times
+    the training set's mean target length (`mean_target_tokens`) instead of by its target tokens: with batches
+    grouped by length, the token mean would weigh each token of a batch of short sentences several times more
+    than one of a batch of long sentences. Evaluation keeps the token mean.
+
     A checkpoint save that fails (a full disk) removes its partial folder, so that the newest checkpoint is
     always a complete one, and says why. Each checkpoint records the summed training loss so far
     (`LOSS_SUM_FILE`), so that a resumed run reports `train_loss` over the whole run, as an uninterrupted one.
@@ -238,28 +264,49 @@ class TranslationTrainer(Seq2SeqTrainer):
 
     target_tokens_seen = 0  # real (non -100) target tokens trained on by this process
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, loss_normalization="tokens", **kwargs):
         super().__init__(*args, **kwargs)
         # Trainer's LabelSmoother needs the B x T x V logits; the model smooths inside its fused loss instead.
         self.label_smoothing = self.label_smoother.epsilon if self.label_smoother is not None else None
         self.label_smoother = None
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {loss_normalization!r}.")
+        self.target_tokens_per_sentence = None  # set: the loss divides by sentences x this
+        if loss_normalization == "sentences":
+            if self.args.n_gpu > 1:
+                raise ValueError("--loss_normalization sentences does not support torch.nn.DataParallel (several "
+                                 "GPUs in one process): launch one process per GPU with torchrun or accelerate.")
+            self.target_tokens_per_sentence = mean_target_tokens(self.train_dataset)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The update's batches and its loss's divisor: Trainer's target-token count, or with
+        `loss_normalization="sentences"` its sentences (in all processes, where Trainer counts tokens in all
+        processes) times the mean target length."""
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.target_tokens_per_sentence is None or num_items_in_batch is None:
+            return batches, num_items_in_batch
+        sentences = torch.tensor(sum(len(batch["labels"]) for batch in batches), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            sentences = self.accelerator.gather(sentences).sum()
+        return batches, sentences * self.target_tokens_per_sentence
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.target_tokens_seen += int((inputs["labels"] != -100).sum())
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
-        """`group_by_length` groups by target length, then source length.
+        """`group_by_length` groups by target length, then source length, and shuffles the batches.
 
         Trainer's default key is the source length, but the decoder loop and the output layer, most of a
         step, scale with the padded target length, while the packed encoder never computes source padding.
+        Its batches come longest to shortest 50 at a time; `ShuffledLengthGroupedSampler` says why not.
         """
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or "labels" not in dataset.column_names:
             return super()._get_train_sampler(train_dataset)
         lengths = [len(labels) * 100_000 + len(ids) for labels, ids in zip(dataset["labels"], dataset["input_ids"])]
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=lengths)
+        return ShuffledLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            lengths=lengths)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.label_smoothing is not None and "labels" in inputs:

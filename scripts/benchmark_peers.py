@@ -49,6 +49,7 @@ HF_TRAIN_ARGS = [
     "--lr_scheduler_type", "constant", "--max_grad_norm", "5", "--eval_strategy", "no", "--save_strategy", "no",
     "--report_to", "none", "--dataloader_num_workers", "0", "--use_cpu", "true",
     "--train_sampling_strategy", "group_by_length",  # batches of similar target length: little padding
+    "--loss_normalization", "sentences",  # every token weighs the same in every batch, as OpenNMT-py's default
 ]
 
 # OpenNMT-py's side, as asked in issue 14; data paths, steps and seed are added by `train_onmt`.

@@ -57,6 +57,7 @@ def main(argv=None):
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
         callbacks=callbacks,
+        loss_normalization=data_args.loss_normalization,
     )
     if data_args.lr_schedule_by_time:
         trainer.schedule_clock = time_budget

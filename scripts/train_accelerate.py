@@ -12,8 +12,9 @@ Model, data, tokenizer and seeding are those of scripts/train.py (`hf_rnn_attn.t
 as are the optimizer defaults (fused AdamW, linear decay, gradient clipping at 1.0): with the same seed and
 arguments, the loop ends with the weights Trainer ends with. One update consumes `gradient_accumulation_steps`
 batches per process; the loss is the summed token cross-entropy over all of them, in all processes, divided by
-their total target-token count, so the process count and accumulation never change it. Writes the model,
-tokenizer, `log_history.json` (training loss per logged update) and `eval_results.json` to --output_dir.
+their total target-token count (with --loss_normalization sentences, as in scripts/train.py, by their sentences
+times the training set's mean target length), so the process count and accumulation never change it. Writes the
+model, tokenizer, `log_history.json` (training loss per logged update) and `eval_results.json` to --output_dir.
 """
 
 import json
@@ -31,7 +32,7 @@ from transformers import DataCollatorForSeq2Seq, EvalPrediction, HfArgumentParse
 
 from hf_rnn_attn.distributed import use_cpu_processes_without_accelerator
 from hf_rnn_attn.training import (DataArguments, ModelArguments, build_compute_metrics, check_positive,
-                                  prepare_translation_run)
+                                  mean_target_tokens, prepare_translation_run)
 
 
 @dataclass
@@ -145,9 +146,16 @@ def main(argv=None):
 
     log_history, step = [], 0
     model.train()
+    tokens_per_sentence = None  # --loss_normalization sentences: divide by sentences x the mean target length
+    if data_args.loss_normalization == "sentences":
+        tokens_per_sentence = mean_target_tokens(tokenized["train"])
     for window in batch_windows(train_loader, args.gradient_accumulation_steps):
-        local_items = sum(batch["labels"].ne(-100).sum() for batch in window)
-        num_items = accelerator.gather(local_items).sum()  # target tokens of this update, all processes
+        if tokens_per_sentence is None:
+            local_items = sum(batch["labels"].ne(-100).sum() for batch in window)
+        else:
+            local_items = torch.tensor(sum(len(batch["labels"]) for batch in window) * tokens_per_sentence,
+                                       device=accelerator.device)
+        num_items = accelerator.gather(local_items).sum()  # the loss's divisor for this update, all processes
         window_loss = 0.0
         for batch in window:
             with accelerator.accumulate(model):

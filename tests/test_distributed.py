@@ -1,5 +1,6 @@
 """Several processes give the results of one: scripts/train.py under torchrun, the Accelerate loop under
-`accelerate launch`, gradient accumulation, evaluation over exactly the evaluation set, bf16, kill and resume.
+`accelerate launch`, gradient accumulation, `--loss_normalization sentences`, evaluation over exactly the
+evaluation set, bf16, kill and resume.
 
 Runs the scripts as a user would, in subprocesses (two CPU processes, gloo), on a small slice of the real corpus.
 The global batch (8) is kept fixed: 1 process x 8, 1 process x 4 x 2 accumulation steps, 2 processes x 4.
@@ -123,6 +124,20 @@ def test_trainer_on_two_processes_matches_one_process_and_accumulation(work, one
 def test_evaluation_scores_each_example_once(one_process, two_processes):
     assert one_process[1]["eval_num_sentences"] == two_processes[1]["eval_num_sentences"] == EVAL_SAMPLES
     assert two_processes[1]["eval_chrf"] == pytest.approx(one_process[1]["eval_chrf"])
+
+
+def test_sentence_normalization_is_the_same_on_two_processes_and_in_the_loop(work, one_process):
+    """--loss_normalization sentences divides each update by its sentences in all processes times the mean
+    target length: two processes and the Accelerate loop end with the one-process Trainer's weights."""
+    sentences = ["--loss_normalization", "sentences"]
+    _, _, weights, _ = train(work, "trainer-1x8-sentences", "--per_device_train_batch_size", "8", *sentences)
+    _, _, two_weights, _ = train(work, "trainer-2x4-sentences", "--per_device_train_batch_size", "4", *sentences,
+                                 launcher=torchrun())
+    _, _, loop_weights = train_loop(work, "loop-1x8-sentences", "--per_device_train_batch_size", "8", *sentences)
+
+    assert max_weight_difference(weights, two_weights) < WEIGHT_TOLERANCE
+    assert max_weight_difference(weights, loop_weights) < WEIGHT_TOLERANCE
+    assert max_weight_difference(weights, one_process[2]) > 100 * WEIGHT_TOLERANCE  # not the token mean's run
 
 
 def test_accelerate_loop_on_two_processes_matches_one_process_and_trainer(work, one_process):

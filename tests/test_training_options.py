@@ -1,9 +1,10 @@
 """What `TranslationTrainer` does with Seq2SeqTrainer's options: a learning-rate schedule over a time budget
-(`--lr_schedule_by_time`: the time spent, not the updates made, drives transformers' schedules), and
-`--label_smoothing_factor` inside the model's fused loss."""
+(`--lr_schedule_by_time`: the time spent, not the updates made, drives transformers' schedules),
+`--label_smoothing_factor` inside the model's fused loss, and `--loss_normalization`."""
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import Seq2SeqTrainingArguments, get_scheduler
 
 from hf_rnn_attn import training
@@ -113,3 +114,50 @@ def test_trainer_smooths_labels_inside_the_models_fused_loss(tmp_path):
     smoothed = model(**inputs, label_smoothing=0.1, skip_logits=False)
     torch.testing.assert_close(loss, smoothed.loss)
     assert not torch.allclose(loss, model(**inputs).loss)
+
+
+def batches_with_labels(target_lengths_per_batch):
+    """Collated batches (input ids, mask, -100-padded labels) with the given target lengths."""
+    batches = []
+    for lengths in target_lengths_per_batch:
+        input_ids = torch.randint(3, 20, (len(lengths), 5), generator=torch.Generator().manual_seed(len(batches)))
+        attention_mask = torch.ones_like(input_ids)
+        labels = torch.full((len(lengths), max(lengths)), -100)
+        for row, length in enumerate(lengths):
+            labels[row, :length] = torch.arange(4, 4 + length)
+        batches.append(dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels))
+    return batches
+
+
+@pytest.mark.parametrize("loss_normalization", ["tokens", "sentences"])
+def test_loss_normalization_sets_the_divisor_of_each_update(tmp_path, loss_normalization):
+    """tokens: an update's summed token loss / its target tokens (Trainer's); sentences: / its sentences x the
+    training set's mean target length, so that a token of a batch of short sentences weighs as much as one of
+    a batch of long ones."""
+    train_dataset = Dataset.from_dict({"input_ids": [[5, 6]] * 4, "labels": [[4] * 2, [4] * 3, [4] * 5, [4] * 6]})
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[],
+                                    gradient_accumulation_steps=2)
+    model = tiny_model("bigru-bahdanau").train()
+    trainer = TranslationTrainer(model=model, args=args, train_dataset=train_dataset,
+                                 loss_normalization=loss_normalization)
+    update = batches_with_labels([[2, 3, 2], [6, 5]])  # 5 sentences, 18 target tokens
+    batches, divisor = trainer.get_batch_samples(iter(update), num_batches=2, device=torch.device("cpu"))
+
+    assert len(batches) == 2
+    expected = {"tokens": 18, "sentences": 5 * (2 + 3 + 5 + 6) / 4}[loss_normalization]
+    assert float(divisor) == pytest.approx(expected)
+    loss = trainer.compute_loss(model, dict(batches[0]), num_items_in_batch=divisor)
+    summed = model(**batches[0], skip_logits=False).logits.log_softmax(-1)
+    labels = batches[0]["labels"]
+    summed = -summed.gather(2, labels.clamp(min=0)[..., None])[..., 0][labels != -100].sum()
+    torch.testing.assert_close(loss, summed / expected)
+
+
+def test_loss_normalization_refuses_what_it_cannot_do(tmp_path):
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="loss_normalization must be one of .*got 'sents'"):
+        TranslationTrainer(model=tiny_model("bigru-bahdanau"), args=args, loss_normalization="sents")
+    with pytest.raises(ValueError, match="--loss_normalization sentences needs a training set with a `labels`"):
+        TranslationTrainer(model=tiny_model("bigru-bahdanau"), args=args, loss_normalization="sentences")
+    with pytest.raises(ValueError, match="--loss_normalization must be one of tokens, sentences, got 'sents'"):
+        DataArguments(loss_normalization="sents")
