@@ -4,17 +4,20 @@ comparison against OpenNMT-py all train with it.
 Usage:
     .venv/bin/python scripts/train.py --preset bigru-bahdanau ... $(.venv/bin/python scripts/recipe.py)
 
-Batches of 64 pairs of similar target length, Adam from 2e-3 decaying linearly to 0 over the time budget (the
-caller's --max_train_minutes; `--lr_schedule_by_time`) with gradients clipped to norm 1.0 (at 1e-3 the lstm-luong
-preset plateaus early), greedy validation BLEU on 300 pairs every 400 updates, and the best of those checkpoints kept
-as the model. Its generation config decodes with beam 5 ranking finished translations by log P / |Y| ** 0.6
-(generate()'s default 1.0 made these models' beam output 7-14% longer than the references). The linear decay was
-measured against a constant 2e-3 in 30-minute bigru-bahdanau runs, the length penalty on the validation split
-(README, "Quality for the same training time"). Printed as one argument per word for a shell; imported as `DEFAULT_RECIPE`.
+Batches of 64 pairs of similar target length in random order, each update's loss divided by its sentences times the mean
+target length (`--loss_normalization sentences`: every token weighs the same in every batch), Adam from 2e-3 decaying
+linearly to 0 over the time budget (the caller's --max_train_minutes; `--lr_schedule_by_time`) with gradients clipped to
+norm 1.0 (at 1e-3 the lstm-luong preset plateaus early), greedy validation BLEU on 300 pairs every 400 updates, and the
+best of those checkpoints kept as the model. Its generation config decodes with beam 5 ranking finished translations by
+log P / |Y| ** 0.6 (generate()'s default 1.0 made these models' beam output 7-14% longer than the references). The
+linear decay was measured against a constant 2e-3 in 30-minute bigru-bahdanau runs, the length penalty on the validation
+split, the loss normalisation against the token mean in 20-minute runs (README, "Quality for the same training time").
+Printed as one argument per word for a shell; imported as `DEFAULT_RECIPE`.
 """
 
 DEFAULT_RECIPE = [
     "--num_train_epochs", "100", "--per_device_train_batch_size", "64", "--train_sampling_strategy", "group_by_length",
+    "--loss_normalization", "sentences",
     "--learning_rate", "2e-3", "--lr_scheduler_type", "linear", "--lr_schedule_by_time", "true",
     "--max_grad_norm", "1.0",
     "--eval_strategy", "steps", "--eval_steps", "400", "--save_steps", "400", "--save_total_limit", "2",

@@ -28,6 +28,7 @@ def test_ours_trains_the_reference_shape_with_the_default_recipe_for_the_budget(
     assert (model.preset, model.embedding_size, model.hidden_size, model.encoder_hidden_size) == (
         preset, 256, 256, encoder_hidden_size)
     assert data.max_train_minutes == 7.5 and model.tokenizer == "tok"
+    assert training.train_sampling_strategy == "group_by_length" and data.loss_normalization == "sentences"
     assert (training.learning_rate, training.max_grad_norm, training.per_device_train_batch_size) == (2e-3, 1.0, 64)
     assert training.load_best_model_at_end and training.metric_for_best_model == "bleu"
     assert (model.default_num_beams, model.default_length_penalty) == (5, 0.6)
