@@ -168,6 +168,12 @@ def join_waiting(waiting, rows, active, tokens, input_ids, next_sentence, max_se
             next_sentence + joining.numel())
 
 
+def stopping_eos(stopping_criteria):
+    """The end-of-sequence ids (a tensor) of generate()'s stopping criteria, None without an EOS criterion."""
+    return next((criterion.eos_token_id for criterion in stopping_criteria
+                 if isinstance(criterion, EosTokenCriteria)), None)
+
+
 @torch.no_grad()
 def greedy_search(model, input_ids, stopping_criteria, generation_config, source_length_cap=None,
                   max_active_rows=None, rows_class=ActiveRows, **model_kwargs):
@@ -181,8 +187,7 @@ def greedy_search(model, input_ids, stopping_criteria, generation_config, source
     own length. `rows_class`: `ActiveRows`, or an ensemble's (`ensemble.EnsembleRows`).
     """
     pad_token_id = generation_config._pad_token_tensor
-    eos = next((criterion.eos_token_id for criterion in stopping_criteria
-                if isinstance(criterion, EosTokenCriteria)), None)
+    eos = stopping_eos(stopping_criteria)
     max_length = stopping_criteria.max_length
     batch_size, prompt_len = input_ids.shape
     device = input_ids.device
@@ -239,8 +244,7 @@ def beam_search(model, input_ids, stopping_criteria, generation_config, source_l
     early_stopping, length_penalty = generation_config.early_stopping, generation_config.length_penalty
     num_beams, num_return_sequences = generation_config.num_beams, generation_config.num_return_sequences
     max_length = stopping_criteria.max_length
-    eos = next((criterion.eos_token_id for criterion in stopping_criteria
-                if isinstance(criterion, EosTokenCriteria)), None)
+    eos = stopping_eos(stopping_criteria)
     rows_count, prompt_len = input_ids.shape
     batch_size, device = rows_count // num_beams, input_ids.device
     beams_to_keep = max(2, 1 + (eos_token_id.shape[0] if eos_token_id is not None else 0)) * num_beams

@@ -107,9 +107,12 @@ class DataArguments:
                               "max_train_minutes", "early_stopping_patience"))
         if self.lr_schedule_by_time and self.max_train_minutes is None:
             raise ValueError("--lr_schedule_by_time needs --max_train_minutes: the schedule runs over that time.")
-        if self.loss_normalization not in LOSS_NORMALIZATIONS:
-            raise ValueError(f"--loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)}, "
-                             f"got {self.loss_normalization!r}.")
+        check_loss_normalization(self.loss_normalization, "--loss_normalization")
+
+
+def check_loss_normalization(value, name):
+    if value not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"{name} must be one of {', '.join(LOSS_NORMALIZATIONS)}, got {value!r}.")
 
 
 def mean_target_tokens(dataset):
@@ -269,8 +272,7 @@ class TranslationTrainer(Seq2SeqTrainer):
         # Trainer's LabelSmoother needs the B x T x V logits; the model smooths inside its fused loss instead.
         self.label_smoothing = self.label_smoother.epsilon if self.label_smoother is not None else None
         self.label_smoother = None
-        if loss_normalization not in LOSS_NORMALIZATIONS:
-            raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {loss_normalization!r}.")
+        check_loss_normalization(loss_normalization, "loss_normalization")
         self.target_tokens_per_sentence = None  # set: the loss divides by sentences x this
         if loss_normalization == "sentences":
             if self.args.n_gpu > 1:
