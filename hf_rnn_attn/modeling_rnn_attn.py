@@ -28,6 +28,9 @@ from .linear_cross_entropy import linear_cross_entropy
 
 logger = logging.get_logger(__name__)
 
+# Rows per block of the encoder's packed RNN on the CPU without gradients (`RNNAttnEncoder.forward`).
+INFERENCE_ROWS_PER_BLOCK = 64
+
 # ---------------------------------------------------------------------------------------------- input checks
 
 def check_token_ids(name, ids, vocab_size, allow_ignore_index=False):
@@ -315,21 +318,43 @@ class RNNAttnEncoder(nn.Module):
             states, final = run_gru_padded(self.rnn, embedded, lengths.to(embedded.device))  # training: faster
             output = RNNAttnEncoderOutput(last_hidden_state=states, final_hidden_state=final[0])
             return output if return_dict else output.to_tuple()
+        # On the CPU without gradients, blocks of rows: the per-step gates of a batch of a thousand sentences
+        # spill out of the cache. Not while tracing (ONNX export), which would record the blocks' fixed row ranges.
+        if (torch.is_grad_enabled() or embedded.device.type != "cpu" or torch.jit.is_tracing()
+                or embedded.size(0) <= INFERENCE_ROWS_PER_BLOCK):
+            states, final, lower_layers = self._run_packed(embedded, lengths, output_hidden_states)
+        else:
+            states, final, lower_layers = self._run_packed_in_blocks(embedded, lengths, output_hidden_states)
+        hidden_states = (embedded, *lower_layers, states) if output_hidden_states else None
+        final_hidden, final_cell = hidden_and_cell(final)  # B x (L * directions) x He each
+        output = RNNAttnEncoderOutput(last_hidden_state=states, final_hidden_state=final_hidden,
+                                      final_cell_state=final_cell, hidden_states=hidden_states)
+        return output if return_dict else output.to_tuple()
+
+    def _run_packed_in_blocks(self, embedded, lengths, output_hidden_states):
+        """`_run_packed` over blocks of `INFERENCE_ROWS_PER_BLOCK` rows, joined: each row's states are the same
+        computation (within float rounding; the encoder of 1,000 test verses: 0.24-0.44 s in one block, 0.16 s in
+        blocks of 64 on a 2-core Xeon)."""
+        blocks = [self._run_packed(embedded[start:start + INFERENCE_ROWS_PER_BLOCK],
+                                   lengths[start:start + INFERENCE_ROWS_PER_BLOCK], output_hidden_states)
+                  for start in range(0, embedded.size(0), INFERENCE_ROWS_PER_BLOCK)]
+        states, finals, lower_layers = zip(*blocks)
+        return (torch.cat(states), tuple(torch.cat(parts) for parts in zip(*finals)),
+                [torch.cat(parts) for parts in zip(*lower_layers)])
+
+    def _run_packed(self, embedded, lengths, output_hidden_states):
+        """The RNN over the packed rows of `embedded` (b x S x E): their states (b x S x K, zeros on padding), the
+        final state (`(h,)` or `(h, c)`, b x (L * directions) x He each) and the lower layers' states (a list of
+        b x S x K, empty without `output_hidden_states`)."""
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         if output_hidden_states:
             packed_states, final, packed_lower_layers = run_rnn_layers(self.rnn, packed)
         else:
             packed_states, final = run_rnn(self.rnn, packed)
-        states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=embedded.size(1))  # B x S x K
-        hidden_states = None
-        if output_hidden_states:
-            lower_layers = [pad_packed_sequence(layer, batch_first=True, total_length=embedded.size(1))[0]
-                            for layer in packed_lower_layers]  # B x S x K each
-            hidden_states = (embedded, *lower_layers, states)
-        final_hidden, final_cell = hidden_and_cell(final)  # B x (L * directions) x He each
-        output = RNNAttnEncoderOutput(last_hidden_state=states, final_hidden_state=final_hidden,
-                                      final_cell_state=final_cell, hidden_states=hidden_states)
-        return output if return_dict else output.to_tuple()
+            packed_lower_layers = []
+        states, *lower_layers = [pad_packed_sequence(layer, batch_first=True, total_length=embedded.size(1))[0]
+                                 for layer in (packed_states, *packed_lower_layers)]  # b x S x K each
+        return states, final, lower_layers
 
 
 # --------------------------------------------------------------------------------------------------- decoder

@@ -115,6 +115,18 @@ def onmt_settings(preset):
 
 # ---------------------------------------------------------------------------------------------------- machine
 
+# Environment variables that hold torch's own kernels, MKL's and oneDNN's to an older instruction set: all three set
+# to AVX2 (ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2) measure on an AVX-512
+# machine what its cores do with AVX2 alone. Subprocesses inherit them.
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def kernel_description():
+    """The instruction set torch's CPU kernels use in this process, and the limits set on MKL's and oneDNN's."""
+    limits = [f"{name}={os.environ[name]}" for name in KERNEL_LIMITS if name in os.environ]
+    return f"torch kernels {torch.backends.cpu.get_cpu_capability()}" + (f" ({', '.join(limits)})" if limits else "")
+
+
 def describe_machine(threads):
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
@@ -124,9 +136,16 @@ def describe_machine(threads):
         "cores": os.cpu_count(),
         "flags": {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")},
         "torch": torch.__version__,
+        "kernels": kernel_description(),
         "threads": threads,
         "load_average_1min": os.getloadavg()[0],
     }
+
+
+def cpu_line(machine):
+    """`CPU: model (cores; flags); torch kernels ...`, from `describe_machine`."""
+    flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in machine["flags"].items())
+    return f"CPU: {machine['cpu']} ({machine['cores']} cores; {flags}); {machine['kernels']}"
 
 
 def matmul_peak_flops(size=4096, repeats=3):
@@ -513,8 +532,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)  # the subprocesses get OMP_NUM_THREADS
 
     machine = describe_machine(args.threads)
-    flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in machine["flags"].items())
-    print(f"CPU: {machine['cpu']} ({machine['cores']} cores; {flags})")
+    print(cpu_line(machine))
     print(f"torch {machine['torch']}, {args.threads} threads; 1-min load average at start "
           f"{machine['load_average_1min']:.2f}")
     peak_flops = matmul_peak_flops()

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from benchmark_peers import (BIN, PRESETS, REFERENCE_SHAPE, TRAIN_SCRIPT, describe_machine, load_or_train_tokenizer,
-                             onmt_settings, prepare_data, run_measured, train_onmt, translate_onmt, translate_ours)
+from benchmark_peers import (BIN, PRESETS, REFERENCE_SHAPE, TRAIN_SCRIPT, cpu_line, describe_machine,
+                             load_or_train_tokenizer, onmt_settings, prepare_data, run_measured, train_onmt,
+                             translate_onmt, translate_ours)
 from hf_rnn_attn.metrics import load_translation_metric
 from recipe import DEFAULT_RECIPE
 
@@ -130,9 +131,8 @@ def main(argv=None):
     out = Path(args.output_dir or f"runs/quality_peers/{args.preset}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine(args.threads)
-    flags = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in machine["flags"].items())
-    print(f"CPU: {machine['cpu']} ({machine['cores']} cores; {flags}); torch {machine['torch']}, {args.threads} "
-          f"threads; {args.minutes:g} minutes of training each")
+    print(f"{cpu_line(machine)}; torch {machine['torch']}, {args.threads} threads; {args.minutes:g} minutes of "
+          f"training each")
 
     tokenizer, tokenizer_folder = load_or_train_tokenizer(args, out)
     data, _ = prepare_data(args, tokenizer, out)

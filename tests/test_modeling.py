@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
+from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, modeling_rnn_attn
 from hf_rnn_attn.configuration_rnn_attn import ATTENTION_SCORES, ATTENTION_TYPES, RNN_CELLS
 from hf_rnn_attn.modeling_rnn_attn import shift_tokens_right
 from tiny_models import LOCAL_VARIANTS, TINY, VARIANTS, source_batch, tiny_model
@@ -125,6 +125,35 @@ def test_padding_never_changes_outputs(variant):
     torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
     assert (weights[..., :7].masked_select(attention_mask[:, None, None, :] == 0) == 0).all()
     assert (weights[..., 7:] == 0).all()
+
+
+@pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-general", "bigru-2layer-decoder-tanh"])
+@pytest.mark.parametrize("output_hidden_states", [False, True])
+def test_encoder_inference_in_row_blocks_equals_one_block(variant, output_hidden_states, monkeypatch):
+    model = tiny_model(variant)
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 10, (150,), generator=generator)
+    input_ids = torch.randint(3, 20, (150, 9), generator=generator)
+    attention_mask = (torch.arange(9) < lengths[:, None]).long()
+    encoder, calls = model.model.encoder, []
+    run_packed = encoder._run_packed
+    monkeypatch.setattr(encoder, "_run_packed", lambda embedded, *args: calls.append(len(embedded))
+                        or run_packed(embedded, *args))
+    with torch.no_grad():
+        blocks = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        assert calls == [64, 64, 22]
+        monkeypatch.setattr(modeling_rnn_attn, "INFERENCE_ROWS_PER_BLOCK", 1000)
+        whole = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+    assert calls[3:] == [150]
+    for name in ("last_hidden_state", "final_hidden_state", "final_cell_state", "hidden_states"):
+        torch.testing.assert_close(getattr(blocks, name), getattr(whole, name), atol=1e-6, rtol=1e-6)
+    # With gradients (training), or traced (ONNX export, which would record fixed row ranges), one block.
+    encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    monkeypatch.setattr(modeling_rnn_attn, "INFERENCE_ROWS_PER_BLOCK", 64)
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    with torch.no_grad():
+        encoder(input_ids=input_ids, attention_mask=attention_mask)
+    assert calls[4:] == [150, 150]
 
 
 def test_bigru_decoder_starts_from_backward_state_at_first_source_position():
