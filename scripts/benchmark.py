@@ -29,7 +29,7 @@ from transformers import HfArgumentParser, StoppingCriteriaList
 from transformers.utils import logging as transformers_logging
 from transformers.generation.stopping_criteria import MaxLengthCriteria
 
-from benchmark_peers import kernel_description
+from benchmark_peers import kernel_description, read_lscpu
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
 from hf_rnn_attn.lean_decoding import greedy_search
 from hf_rnn_attn.metrics import load_translation_metric
@@ -155,13 +155,10 @@ def batch_one_seconds(model, input_ids, new_tokens, repeats=20):
 def cpu_description():
     """The CPU model and the instruction sets that change these numbers (AVX2 / AVX-512 / bf16 / AMX, and VNNI for
     int8), and those torch's kernels use here (see `benchmark_peers.KERNEL_LIMITS`)."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
+    model, flags = read_lscpu()
     present = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "avx_vnni", "avx512_vnni")
                if flag in flags]
-    model = fields.get("Model name", "unknown CPU").strip()
-    return f"{model} ({', '.join(present) or 'no AVX2'}); {kernel_description()}"
+    return f"{model or 'unknown CPU'} ({', '.join(present) or 'no AVX2'}); {kernel_description()}"
 
 
 def translation_rows(args):

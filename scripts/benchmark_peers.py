@@ -127,12 +127,18 @@ def kernel_description():
     return f"torch kernels {torch.backends.cpu.get_cpu_capability()}" + (f" ({', '.join(limits)})" if limits else "")
 
 
-def describe_machine(threads):
+def read_lscpu():
+    """The CPU's model name (None if lscpu gives none) and its set of instruction-set flags."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
+    model = fields.get("Model name", "").strip() or None
+    return model, set(fields.get("Flags", "").split())
+
+
+def describe_machine(threads):
+    model, flags = read_lscpu()
     return {
-        "cpu": fields.get("Model name", "unknown").strip(),
+        "cpu": model or "unknown",
         "cores": os.cpu_count(),
         "flags": {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")},
         "torch": torch.__version__,
