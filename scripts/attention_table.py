@@ -11,11 +11,11 @@ Rows: bigru-bahdanau as published; the lstm-luong preset with each global score 
 location), then local-m and local-p attention with the general score (D = 10, as in the paper). The Luong rows
 feed `c_{t-1}` into the decoder (`--luong_input_feeding true`, the default), as Luong et al.'s best models do.
 
-Each row runs `scripts/train.py` with the default recipe of its preset (`scripts/recipe.py`: batch 64, Adam 2e-3, best
-checkpoint by validation BLEU) then `scripts/evaluate_model.py` on the test split, greedy and beam 5, in fresh
-processes, one row after the other. A row whose results exist is kept, so an interrupted table continues where it
-stopped; `--overwrite true` retrains every row. Writes `<output_dir>/table.md` (the table, the machine and budget, and
-the commands of each row) and prints it.
+Each row runs `scripts/train.py` with the default recipe (`scripts/recipe.py`: batch 64, Adam 2e-3, best checkpoint
+by validation BLEU) then `scripts/evaluate_model.py` on the test split, greedy and beam 5, in fresh processes, one
+row after the other. A row whose results exist is kept, so an interrupted table continues where it stopped;
+`--overwrite true` retrains every row. Writes `<output_dir>/table.md` (the table, the machine and budget, and the
+commands of each row) and prints it.
 """
 
 import json
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from recipe import recipe
+from recipe import DEFAULT_RECIPE
 
 LUONG = ["--preset", "lstm-luong"]
 ROWS = {
@@ -84,7 +84,6 @@ def tokenizer_command(args):
 
 def train_command(args, row):
     model = ROWS[row]
-    preset = model[model.index("--preset") + 1]
     if row.startswith("luong-"):
         model = [*model, "--input_feeding", str(args.luong_input_feeding).lower()]
     if "location" in row:
@@ -96,7 +95,7 @@ def train_command(args, row):
         "train", *model, "--dataset", args.dataset, "--source_lang", "es", "--target_lang", "en",
         "--tokenizer", f"{args.output_dir}/tokenizer", "--output_dir", f"{args.output_dir}/{row}/trainer",
         "--overwrite_output_dir", "true", "--max_train_minutes", args.minutes, *limits,
-        "--max_source_length", args.max_source_length, *recipe(preset),
+        "--max_source_length", args.max_source_length, *DEFAULT_RECIPE,
         "--logging_steps", 25, "--report_to", "tensorboard", "--dataloader_num_workers", 0)
 
 

@@ -33,7 +33,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 $PY scripts/train.py --dataset "$DATA" --source_lang es --target_lang en --preset "$PRESET" \
   --output_dir "$RUN/trainer" --max_train_minutes "$MINUTES" \
   ${MAX_TRAIN_SAMPLES:+--max_train_samples "$MAX_TRAIN_SAMPLES"} \
-  $($PY scripts/recipe.py --preset "$PRESET") --logging_steps 25 --report_to tensorboard --dataloader_num_workers 0 \
+  $($PY scripts/recipe.py) --logging_steps 25 --report_to tensorboard --dataloader_num_workers 0 \
   --overwrite_output_dir "$OVERWRITE"
 
 for BEAMS in 1 5; do

@@ -28,7 +28,7 @@ from benchmark_peers import (BIN, PRESETS, REFERENCE_SHAPE, TRAIN_SCRIPT, cpu_li
                              load_or_train_tokenizer, onmt_settings, prepare_data, run_measured, train_onmt,
                              translate_onmt, translate_ours)
 from hf_rnn_attn.metrics import load_translation_metric
-from recipe import recipe
+from recipe import DEFAULT_RECIPE
 
 
 @dataclass
@@ -60,7 +60,7 @@ class QualityArguments:
 
 def ours_train_command(args, tokenizer_folder, model_dir):
     """scripts/train.py at the reference shape with the package's default recipe and a wall-clock budget."""
-    return [sys.executable, TRAIN_SCRIPT, *PRESETS[args.preset]["ours"], *REFERENCE_SHAPE, *recipe(args.preset),
+    return [sys.executable, TRAIN_SCRIPT, *PRESETS[args.preset]["ours"], *REFERENCE_SHAPE, *DEFAULT_RECIPE,
             "--max_train_minutes", args.minutes, "--seed", args.seed, "--tokenizer", tokenizer_folder,
             "--dataset", args.dataset, "--source_lang", args.source_lang, "--target_lang", args.target_lang,
             "--output_dir", model_dir, "--overwrite_output_dir", "true", "--report_to", "none",
