@@ -15,16 +15,13 @@ from hf_rnn_attn.ensemble import RNNAttnEnsemble
 from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
 
 ALL_VARIANTS = [*VARIANTS, *LOCAL_VARIANTS]
-
-
-def made_on_meta_by_default():
-    """The default device for tensors made without one: meta, which no model tensor is on."""
-    return torch.device("meta")
+# As a context, the default device of tensors made without one: meta, which no model tensor is on.
+META_BY_DEFAULT = torch.device("meta")
 
 
 def test_a_tensor_made_without_a_device_is_caught():
     weights = torch.ones(3)
-    with made_on_meta_by_default(), pytest.raises(RuntimeError, match="is not on the expected device"):
+    with META_BY_DEFAULT, pytest.raises(RuntimeError, match="is not on the expected device"):
         weights + torch.arange(3)
 
 
@@ -34,7 +31,7 @@ def test_training_pass_and_its_backward(variant):
     input_ids, attention_mask = source_batch()
     labels = torch.tensor([[5, 6, 7, 2, -100], [8, 2, -100, -100, -100], [9, 10, 11, 12, 2]])
     num_items_in_batch = torch.tensor(11)  # as Trainer passes it, on the inputs' device
-    with made_on_meta_by_default():
+    with META_BY_DEFAULT:
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                         num_items_in_batch=num_items_in_batch, label_smoothing=0.1)
         outputs.loss.backward()
@@ -46,7 +43,7 @@ def test_training_pass_and_its_backward(variant):
 def test_forward_with_logits_attentions_and_hidden_states(variant):
     model = tiny_model(variant)
     input_ids, attention_mask = source_batch()
-    with made_on_meta_by_default():
+    with META_BY_DEFAULT:
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :4],
                         skip_logits=False, output_attentions=True, output_hidden_states=True)
     assert outputs.logits.device.type == "cpu" and outputs.cross_attentions[-1].device.type == "cpu"
@@ -67,7 +64,7 @@ GENERATE_KWARGS = {
 def test_generate(variant, decoding):
     model = tiny_model(variant)
     input_ids, attention_mask = source_batch()
-    with made_on_meta_by_default():
+    with META_BY_DEFAULT:
         outputs = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6,
                                  **GENERATE_KWARGS[decoding])
     sequences = outputs.sequences if isinstance(outputs, dict) else outputs
@@ -78,7 +75,7 @@ def test_generate(variant, decoding):
 def test_ensemble_generate(decoding):
     ensemble = RNNAttnEnsemble([tiny_model("bigru-bahdanau", seed=0), tiny_model("bigru-bahdanau", seed=1)])
     input_ids, attention_mask = source_batch()
-    with made_on_meta_by_default():
+    with META_BY_DEFAULT:
         sequences = ensemble.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6,
                                       **GENERATE_KWARGS[decoding])
     assert sequences.device.type == "cpu"
