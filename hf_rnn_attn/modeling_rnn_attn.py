@@ -8,7 +8,7 @@ Shapes: B batch, S source length, T target length, E embedding size, H decoder h
 K encoder output size (2 x encoder hidden size when bidirectional), L layers, V vocabulary size.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cache, partial
 
 import torch
@@ -25,6 +25,7 @@ from .configuration_rnn_attn import RNNAttnConfig
 from .fused_unroll import fuses, unroll_gru_attention
 from .lean_decoding import LeanGenerationMixin
 from .linear_cross_entropy import linear_cross_entropy
+from .mixed_precision import float32_fast_paths_run, fused_loss_matmul_dtype, without_autocast
 
 logger = logging.get_logger(__name__)
 
@@ -314,8 +315,9 @@ class RNNAttnEncoder(nn.Module):
                                     "input_ids" if input_ids is not None else "inputs_embeds")
         embedded = self.dropout(inputs_embeds)  # B x S x E
         if (isinstance(self.rnn, nn.GRU) and torch.is_grad_enabled() and not output_hidden_states
-                and not torch.is_autocast_enabled(embedded.device.type)):
-            states, final = run_gru_padded(self.rnn, embedded, lengths.to(embedded.device))  # training: faster
+                and float32_fast_paths_run(embedded)):
+            with without_autocast(embedded):
+                states, final = run_gru_padded(self.rnn, embedded, lengths.to(embedded.device))  # training: faster
             output = RNNAttnEncoderOutput(last_hidden_state=states, final_hidden_state=final[0])
             return output if return_dict else output.to_tuple()
         # On the CPU without gradients, blocks of rows: the per-step gates of a batch of a thousand sentences
@@ -401,6 +403,12 @@ class RNNAttnState:
 
     def tensors(self):
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def to(self, dtype):
+        """This state with its floating-point tensors in `dtype` (itself if they are already)."""
+        changed = {name: tensor.to(dtype) for name, tensor in self.tensors().items()
+                   if tensor.is_floating_point() and tensor.dtype != dtype}
+        return replace(self, **changed) if changed else self
 
     def select_rows(self, rows, source_rows=None):
         """Keeps, in place, `rows` (in that order) of every tensor: sentences that leave take their keys along.
@@ -522,8 +530,7 @@ class RNNAttnDecoder(nn.Module):
                 raise ValueError("`rows_per_source` > 1 takes one token per row and global attention.")
             run = partial(self.step, rows_per_source=rows_per_source)
         elif self.config.input_feeding and embedded.size(1) > 1:
-            # The hand-written backward pass is written for float32/64: under autocast the autograd unroll runs.
-            fused = fuses(self.config) and not torch.is_autocast_enabled(embedded.device.type)
+            fused = fuses(self.config) and float32_fast_paths_run(embedded)
             run = self._unroll_fused if fused else self._unroll_with_input_feeding
         output, weights, new_state, layers = run(embedded, state, keys, attention_mask, output_hidden_states)
         if state.coverage is not None:
@@ -581,9 +588,12 @@ class RNNAttnDecoder(nn.Module):
         """`_unroll_with_input_feeding` for a one-layer GRU with global additive attention (`fused_unroll.py`):
         the same results, with a hand-written backward pass."""
         rnn, embedding_size = self.rnn, self.config.embedding_size
-        embedded_gates = F.linear(embedded, rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0)  # B x T x 3H
-        top, contexts, weights = unroll_gru_attention(embedded_gates, state.hidden[:, 0], state.context, keys,
-                                                      state.projected_keys, attention_mask, rnn, self.score)
+        with without_autocast(embedded):  # the hand-written backward pass is in the weights' dtype
+            dtype = rnn.weight_hh_l0.dtype
+            embedded, keys, state = embedded.to(dtype), keys.to(dtype), state.to(dtype)
+            embedded_gates = F.linear(embedded, rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0)  # B x T x 3H
+            top, contexts, weights = unroll_gru_attention(embedded_gates, state.hidden[:, 0], state.context, keys,
+                                                          state.projected_keys, attention_mask, rnn, self.score)
         new_state = RNNAttnState.from_rnn((top[:, -1:],), context=contexts[:, -1], projected_keys=state.projected_keys,
                                           seen_tokens=state.seen_tokens + embedded.size(1))
         return self.output(top, contexts), weights, new_state, (top,) if output_hidden_states else None
@@ -845,14 +855,13 @@ class RNNAttnForConditionalGeneration(LeanGenerationMixin, RNNAttnPreTrainedMode
             skip_logits = self.training and labels is not None and torch.is_grad_enabled()
         if skip_logits and labels is None:
             raise ValueError("`skip_logits=True` needs `labels`: without them there is nothing to return.")
-        # The fused loss is written for float32: under autocast the plain path runs in the autocast dtype.
-        fused = skip_logits and not torch.is_autocast_enabled(features.device.type) and features.dtype == torch.float32
+        matmul_dtype = fused_loss_matmul_dtype(features) if skip_logits else None
         logits = None if skip_logits else self.lm_head(features)  # B x T x V
         loss = None
         if labels is not None:
-            if fused:
+            if matmul_dtype is not None:
                 total = linear_cross_entropy(features, self.lm_head.weight, self.lm_head.bias, labels,
-                                             label_smoothing=label_smoothing or 0.0)
+                                             label_smoothing=label_smoothing or 0.0, matmul_dtype=matmul_dtype)
             else:
                 logits_for_loss = logits if logits is not None else self.lm_head(features)
                 total = F.cross_entropy(logits_for_loss.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,

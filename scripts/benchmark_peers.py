@@ -9,13 +9,15 @@ Usage:
                                                               # OpenNMT-py's numbers from its last run there
     .venv/bin/python scripts/benchmark_peers.py --reuse       # keep both trained models, time decoding again
     .venv/bin/python scripts/benchmark_peers.py --tokenizer runs/tokenizer    # an existing joint tokenizer
+    .venv/bin/python scripts/benchmark_peers.py --bf16        # ours also trained under bf16 autocast (AMX, AVX512-BF16)
 
 Both toolkits see the same train split, cut by the same joint BPE tokenizer (OpenNMT-py gets it as
 space-separated subwords and a vocabulary written from the tokenizer; its output is decoded back to text with
 the same tokenizer). They train one after the other for --train_steps steps of 64 sentences, then translate the
 first --decode_sentences test verses through their own command lines, each timed as a whole process. Everything
 runs with --threads threads. One markdown table is printed and written with all raw numbers to
-OUTPUT_DIR/results.json.
+OUTPUT_DIR/results.json. With --bf16, ours trains a second time under bf16 autocast (`--bf16 true`; it decodes in
+fp32 as always) and a second table compares that run with the same OpenNMT-py run, against the bf16 matmul peak.
 
 Useful FLOPs count only the matrix products a model needs (`training_flops_per_target_token`), on real tokens:
 padding, and OpenNMT-py's recomputation of the attention keys at every target step, are not useful work.
@@ -103,6 +105,8 @@ class PeerBenchmarkArguments:
     reuse: bool = field(default=False, metadata={"help": "Keep models already trained in output_dir; decode again."})
     onmt_bucket_size: int | None = field(default=None, metadata={
         "help": "OpenNMT-py's bucket_size (default: its own, 262144 examples, filled before the first step)."})
+    bf16: bool = field(default=False, metadata={
+        "help": "Also train ours under bf16 autocast, measured separately (it pays on CPUs with AMX or AVX512-BF16)."})
 
 
 def hf_train_args(preset):
@@ -154,9 +158,9 @@ def cpu_line(machine):
     return f"CPU: {machine['cpu']} ({machine['cores']} cores; {flags}); {machine['kernels']}"
 
 
-def matmul_peak_flops(size=4096, repeats=3):
-    """Best fp32 FLOP/s of a size x size torch.matmul: the machine's practical peak."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_flops(size=4096, repeats=3, dtype=torch.float32):
+    """Best FLOP/s of a size x size torch.matmul in `dtype`: the machine's practical peak."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.matmul(a, b)  # warm-up
     best = math.inf
     for _ in range(repeats):
@@ -407,10 +411,11 @@ def benchmark_onmt(args, data, tokenizer, out):
 
 # ---------------------------------------------------------------------------------------------------- ours
 
-def train_ours(args, tokenizer_folder, folder):
+def train_ours(args, tokenizer_folder, folder, bf16=False):
     model_dir = folder / "model"
     command = [sys.executable, TRAIN_SCRIPT, *hf_train_args(args.preset), "--max_steps", args.train_steps, "--seed", args.seed,
-               "--tokenizer", tokenizer_folder, "--dataset", args.dataset, "--output_dir", model_dir]
+               "--tokenizer", tokenizer_folder, "--dataset", args.dataset, "--output_dir", model_dir,
+               *(["--bf16", "true"] if bf16 else [])]
     run = run_measured(command, folder / "train.log", {"OMP_NUM_THREADS": str(args.threads)})
     metrics = json.loads((model_dir / "train_results.json").read_text())
     return {**run, "steps": args.train_steps, "loop_seconds": metrics["train_runtime"],
@@ -426,11 +431,12 @@ def translate_ours(args, data, folder, num_beams):
     return run, output.read_text(encoding="utf-8").splitlines()
 
 
-def benchmark_ours(args, data, tokenizer_folder, stats, out):
-    folder = out / "ours"
+def benchmark_ours(args, data, tokenizer_folder, stats, out, bf16=False):
+    folder = out / ("ours-bf16" if bf16 else "ours")
     folder.mkdir(parents=True, exist_ok=True)
     model_dir = folder / "model"
-    train = _reused_training(args, folder, model_dir / "config.json") or train_ours(args, tokenizer_folder, folder)
+    train = (_reused_training(args, folder, model_dir / "config.json")
+             or train_ours(args, tokenizer_folder, folder, bf16=bf16))
     if train["target_tokens"] is None:
         # scripts/train.py does not count them (yet): random batches of 64 train pairs average the split's
         # target length, +1 for </s>.
@@ -482,7 +488,7 @@ def measure(name, run_toolkit, score, stats, peak_flops, out):
     return result
 
 
-def table_rows(args, theirs, ours):
+def table_rows(args, theirs, ours, precision="fp32"):
     """(metric, OpenNMT-py value, ours value, ratio) with the ratio > 1 where hf_rnn_attn does better.
 
     Rows that only describe the run (`better=None`) get no ratio.
@@ -502,6 +508,7 @@ def table_rows(args, theirs, ours):
         return [label, cell(a), cell(b), "-" if ratio is None else f"{ratio:.2f}"]
 
     estimated = " (ours estimated)" if get(ours, "train", "target_tokens_estimated") else ""
+    peak = "fp32 matmul peak" if precision == "fp32" else f"matmul peak (ours: {precision}'s, OpenNMT-py: fp32's)"
     rows = [
         row("parameters (M)", ("train", "parameters_m"), 2, better=None),
         row(f"training: real target tokens in {args.train_steps} steps{estimated}", ("train", "target_tokens"), 0,
@@ -512,7 +519,7 @@ def table_rows(args, theirs, ours):
         row(f"training: real target tokens/s, whole process{estimated}", ("train", "process_target_tokens_per_second"),
             0),
         row("training: useful GFLOP/s", ("train", "useful_gflops_per_second"), 2),
-        row("training: % of fp32 matmul peak", ("train", "percent_of_matmul_peak"), 1),
+        row(f"training: % of {peak}", ("train", "percent_of_matmul_peak"), 1),
         row("training: peak RSS (MiB)", ("train", "peak_rss_mib"), 0, better="lower"),
     ]
     for beams in args.num_beams:
@@ -538,8 +545,8 @@ def onmt_start_note(onmt_train, ours):
     return note
 
 
-def markdown_table(rows):
-    lines = ["| metric | OpenNMT-py 3.0.4 | hf_rnn_attn | ratio (> 1: hf_rnn_attn better) |", "|---|---:|---:|---:|"]
+def markdown_table(rows, ours="hf_rnn_attn"):
+    lines = [f"| metric | OpenNMT-py 3.0.4 | {ours} | ratio (> 1: hf_rnn_attn better) |", "|---|---:|---:|---:|"]
     return "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in rows)])
 
 
@@ -561,6 +568,9 @@ def main(argv=None):
           f"{machine['load_average_1min']:.2f}")
     peak_flops = matmul_peak_flops()
     print(f"fp32 matmul peak (4096^3 torch.matmul, {args.threads} threads): {peak_flops / 1e9:.1f} GFLOP/s")
+    bf16_peak_flops = matmul_peak_flops(dtype=torch.bfloat16) if args.bf16 else None
+    if args.bf16:
+        print(f"bf16 matmul peak: {bf16_peak_flops / 1e9:.1f} GFLOP/s")
 
     tokenizer, tokenizer_folder = load_or_train_tokenizer(args, out)
     data, stats = prepare_data(args, tokenizer, out)
@@ -575,8 +585,15 @@ def main(argv=None):
     }
     score = partial(score_translations, references=references, tokenizer=tokenizer, metric=metric)
     results = {name: measure(name, run, score, stats, peak_flops, out) for name, run in runs.items()}
+    if args.bf16:  # after the fp32 runs, so that those are measured as without --bf16
+        results["ours-bf16"] = measure("ours-bf16", lambda: benchmark_ours(args, data, tokenizer_folder, stats, out,
+                                                                           bf16=True),
+                                       score, stats, bf16_peak_flops, out)
 
     table = markdown_table(table_rows(args, results["onmt"], results["ours"]))
+    if args.bf16:
+        table += "\n\n" + markdown_table(table_rows(args, results["onmt"], results["ours-bf16"], precision="bf16"),
+                                          ours="hf_rnn_attn, trained under bf16 autocast")
     notes = ["Ratios: rates and BLEU ours/theirs; seconds and memory theirs/ours."]
     for key, name, skipped in (("onmt", "OpenNMT-py", args.skip_onmt), ("ours", "hf_rnn_attn", args.skip_ours)):
         if skipped and results[key] is not None:
@@ -589,7 +606,7 @@ def main(argv=None):
                      "scripts/train.py reported no train_target_tokens.")
     print(f"\n{table}\n\n" + "\n".join(notes))
     (out / "results.json").write_text(json.dumps(
-        {"machine": machine, "matmul_peak_flops": peak_flops, "arguments": vars(args), "data": stats,
+        {"machine": machine, "matmul_peak_flops": peak_flops, "bf16_matmul_peak_flops": bf16_peak_flops, "arguments": vars(args), "data": stats,
          "hf_train_args": hf_train_args(args.preset),
          "onmt_settings": onmt_settings(args.preset), "table": table, "notes": notes,
          **results}, indent=2))
