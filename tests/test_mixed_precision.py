@@ -21,7 +21,9 @@ def relative_error(actual, expected):
 
 @pytest.mark.parametrize("features_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_linear_cross_entropy_with_bf16_products_matches_autocast_cross_entropy(features_dtype, label_smoothing):
+@pytest.mark.parametrize("chunk_size", [None, 64])  # 250 labelled rows: one chunk or four, the last padded
+def test_linear_cross_entropy_with_bf16_products_matches_autocast_cross_entropy(features_dtype, label_smoothing,
+                                                                                chunk_size):
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(3, 100, 32, generator=generator).to(features_dtype).requires_grad_()
     weight = (0.3 * torch.randn(500, 32, generator=generator)).requires_grad_()
@@ -40,7 +42,7 @@ def test_linear_cross_entropy_with_bf16_products_matches_autocast_cross_entropy(
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum",
                                        label_smoothing=label_smoothing)
             else:
-                loss = linear_cross_entropy(features, weight, bias, labels, label_smoothing=label_smoothing,
+                loss = linear_cross_entropy(features, weight, bias, labels, chunk_size, label_smoothing,
                                             matmul_dtype=torch.bfloat16 if path == "fused" else None)
         loss.backward()
         return loss, [leaf.grad for leaf in leaves]
