@@ -11,8 +11,24 @@ was not measured, the recurrent layers keep autocast's path.
 """
 
 from contextlib import nullcontext
+from functools import cache
 
 import torch
+
+
+@cache
+def cpu_autocast_supports(rnn_class, dtype):
+    """Whether `rnn_class` runs under CPU autocast to `dtype` on this CPU (`run_rnn` runs it in float32 if not).
+
+    oneDNN's bf16 LSTM needs AVX-512 (it fails with "could not create a primitive descriptor" on AVX2-only
+    CPUs), so ask the kernel itself once, with a 1-token input, rather than guess from CPU flags.
+    """
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            rnn_class(2, 2)(torch.zeros(1, 1, 2))
+        return True
+    except RuntimeError:
+        return False
 
 
 def float32_fast_paths_run(tensor):

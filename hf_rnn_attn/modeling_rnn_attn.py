@@ -9,7 +9,7 @@ K encoder output size (2 x encoder hidden size when bidirectional), L layers, V 
 """
 
 from dataclasses import dataclass, fields, replace
-from functools import cache, partial
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,8 @@ from .configuration_rnn_attn import RNNAttnConfig
 from .fused_unroll import fuses, unroll_gru_attention
 from .lean_decoding import LeanGenerationMixin
 from .linear_cross_entropy import linear_cross_entropy
-from .mixed_precision import float32_fast_paths_run, fused_loss_matmul_dtype, without_autocast
+from .mixed_precision import (cpu_autocast_supports, float32_fast_paths_run, fused_loss_matmul_dtype,
+                              without_autocast)
 
 logger = logging.get_logger(__name__)
 
@@ -144,21 +145,6 @@ def hidden_and_cell(state):
 def state_tuple(hidden, cell):
     """The recurrent state `(h,)` or `(h, c)` from its named parts; the inverse of `hidden_and_cell`."""
     return (hidden,) if cell is None else (hidden, cell)
-
-
-@cache
-def cpu_autocast_supports(rnn_class, dtype):
-    """Whether `rnn_class` runs under CPU autocast to `dtype` on this CPU.
-
-    oneDNN's bf16 LSTM needs AVX-512 (it fails with "could not create a primitive descriptor" on AVX2-only
-    CPUs), so ask the kernel itself once, with a 1-token input, rather than guess from CPU flags.
-    """
-    try:
-        with torch.autocast("cpu", dtype=dtype):
-            rnn_class(2, 2)(torch.zeros(1, 1, 2))
-        return True
-    except RuntimeError:
-        return False
 
 
 def run_rnn(rnn, inputs, state=None):

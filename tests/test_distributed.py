@@ -231,7 +231,7 @@ def test_bf16_autocast_falls_back_to_fp32_rnn_on_a_cpu_without_bf16_kernels():
     script = """
 import torch
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
-from hf_rnn_attn.modeling_rnn_attn import cpu_autocast_supports
+from hf_rnn_attn.mixed_precision import cpu_autocast_supports
 torch.manual_seed(0)
 model = RNNAttnForConditionalGeneration(RNNAttnConfig.from_preset("lstm-luong", vocab_size=30, embedding_size=8,
                                                                   hidden_size=8))
