@@ -20,6 +20,7 @@ cannot be written, are reported the same way after the other lines are translate
 """
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -133,6 +134,19 @@ def _device(text):
     except Exception as error:  # RuntimeError, AssertionError or NotImplementedError, depending on the backend
         raise argparse.ArgumentTypeError(f"{text!r} is not a device of this machine ({error}); use e.g. cpu") from error
     return text
+
+
+def console_main():
+    """The `hf-rnn-attn` command (and `python -m hf_rnn_attn.cli`): `main`, with the imported objects frozen first.
+
+    When a process ends, the interpreter runs full garbage collections over every object still alive, and torch and
+    transformers leave millions: 0.7 s of a 7.8-s greedy translation of 1,000 verses (2-core Xeon). `gc.freeze()`
+    takes the objects that exist now, those of the imports, out of the collector's sight; files, atexit handlers and
+    the exit status are as without it. For a process that ends with the command only: in a longer-lived one,
+    garbage that exists now would never be collected.
+    """
+    gc.freeze()
+    sys.exit(main())
 
 
 def main(argv=None):
@@ -358,4 +372,4 @@ def run_average(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -1,6 +1,7 @@
 """Sharing and serving: save_for_hub, loading as remote code without the package, the translation pipeline,
 the model card, push_to_hub and the `hf-rnn-attn` command line."""
 
+import gc
 import json
 import os
 import random
@@ -9,6 +10,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -416,6 +418,22 @@ def test_cli_translate_stdin_to_stdout(saved, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     greedy = saved.references[0]
     assert completed.stdout.split("\n") == [greedy[0], "", greedy[1], greedy[2], greedy[3], ""]
+
+
+def test_console_script_freezes_the_imports_then_runs_the_command(monkeypatch):
+    """`hf-rnn-attn` is `console_main`: the imported objects frozen (a faster exit), then `main`, whose status
+    is the process's. The subprocess tests around this one run it through `python -m hf_rnn_attn.cli`."""
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts["hf-rnn-attn"] == "hf_rnn_attn.cli:console_main"
+    frozen_when_main_ran = []
+    monkeypatch.setattr(cli, "main", lambda argv=None: frozen_when_main_ran.append(gc.get_freeze_count()) or 3)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.console_main()
+    finally:
+        gc.unfreeze()
+    assert exited.value.code == 3
+    assert frozen_when_main_ran[0] > 0
 
 
 def test_cli_translate_file_to_file(saved, tmp_path):
