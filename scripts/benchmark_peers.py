@@ -10,6 +10,7 @@ Usage:
     .venv/bin/python scripts/benchmark_peers.py --reuse       # keep both trained models, time decoding again
     .venv/bin/python scripts/benchmark_peers.py --tokenizer runs/tokenizer    # an existing joint tokenizer
     .venv/bin/python scripts/benchmark_peers.py --bf16        # ours also trained under bf16 autocast (AMX, AVX512-BF16)
+    .venv/bin/python scripts/benchmark_peers.py --reuse --int8   # both also decode with their dynamic int8 options
 
 Both toolkits see the same train split, cut by the same joint BPE tokenizer (OpenNMT-py gets it as
 space-separated subwords and a vocabulary written from the tokenizer; its output is decoded back to text with
@@ -18,6 +19,8 @@ first --decode_sentences test verses through their own command lines, each timed
 runs with --threads threads. One markdown table is printed and written with all raw numbers to
 OUTPUT_DIR/results.json. With --bf16, ours trains a second time under bf16 autocast (`--bf16 true`; it decodes in
 fp32 as always) and a second table compares that run with the same OpenNMT-py run, against the bf16 matmul peak.
+With --int8, each toolkit also translates with its own dynamic int8 quantisation of its fp32 model
+(`onmt_translate -int8`, `hf-rnn-attn translate --int8`: both torch.ao's `quantize_dynamic`), in a third table.
 
 Useful FLOPs count only the matrix products a model needs (`training_flops_per_target_token`), on real tokens:
 padding, and OpenNMT-py's recomputation of the attention keys at every target step, are not useful work.
@@ -107,6 +110,8 @@ class PeerBenchmarkArguments:
         "help": "OpenNMT-py's bucket_size (default: its own, 262144 examples, filled before the first step)."})
     bf16: bool = field(default=False, metadata={
         "help": "Also train ours under bf16 autocast, measured separately (it pays on CPUs with AMX or AVX512-BF16)."})
+    int8: bool = field(default=False, metadata={
+        "help": "Also translate with each toolkit's dynamic int8 quantisation of its fp32 model, measured separately."})
 
 
 def hf_train_args(preset):
@@ -386,14 +391,21 @@ def onmt_parameters(model_path):
     return sum(tensor.numel() for part in ("model", "generator") for tensor in checkpoint[part].values())
 
 
-def translate_onmt(args, data, folder, model_path, tokenizer, num_beams):
-    output = folder / f"test.beam{num_beams}.sub"
+def decodes_to_time(args):
+    """(key of the measurement, beams, int8) for each decoding to time: "1", "5", then "1 int8", "5 int8"."""
+    return [(f"{beams}{' int8' if int8 else ''}", beams, int8) for int8 in (False, True)[:1 + args.int8]
+            for beams in args.num_beams]
+
+
+def translate_onmt(args, data, folder, model_path, tokenizer, num_beams, int8=False):
+    name = f"beam{num_beams}{'.int8' if int8 else ''}"
+    output = folder / f"test.{name}.sub"
     run = run_measured([BIN / "onmt_translate", "-model", model_path, "-src", data / "test.src.sub",
                         "-output", output, "-batch_size", 64, "-beam_size", num_beams,
-                        "-max_length", args.max_length], folder / f"translate.beam{num_beams}.log",
+                        "-max_length", args.max_length, *(["-int8"] if int8 else [])], folder / f"translate.{name}.log",
                        onmt_env(args.threads))
     hypotheses = detokenize(tokenizer, output.read_text(encoding="utf-8").splitlines())
-    write_lines(folder / f"test.beam{num_beams}.txt", hypotheses)
+    write_lines(folder / f"test.{name}.txt", hypotheses)
     return run, hypotheses
 
 
@@ -405,8 +417,8 @@ def benchmark_onmt(args, data, tokenizer, out):
     vocab_size = len(Path(data / "vocab.txt").read_text(encoding="utf-8").splitlines()) + ONMT_SPECIALS
     train.update(parameters=onmt_parameters(model_path), shape=onmt_shape(onmt_settings(args.preset), vocab_size), source_extra=0,
                  target_extra=1)  # onmt's source has no </s>; its loss covers </s>
-    return train, {beams: translate_onmt(args, data, folder, model_path, tokenizer, beams)
-                   for beams in args.num_beams}
+    return train, {key: translate_onmt(args, data, folder, model_path, tokenizer, beams, int8)
+                   for key, beams, int8 in decodes_to_time(args)}
 
 
 # ---------------------------------------------------------------------------------------------------- ours
@@ -422,12 +434,13 @@ def train_ours(args, tokenizer_folder, folder, bf16=False):
             "target_tokens": metrics.get("train_target_tokens")}
 
 
-def translate_ours(args, data, folder, num_beams):
-    output = folder / f"test.beam{num_beams}.txt"
+def translate_ours(args, data, folder, num_beams, int8=False):
+    name = f"beam{num_beams}{'.int8' if int8 else ''}"
+    output = folder / f"test.{name}.txt"
     run = run_measured([BIN / "hf-rnn-attn", "translate", "--model", folder / "model", "--input",
                         data / "test.src.txt", "--output", output, "--batch_size", 64, "--num_beams", num_beams,
-                        "--max_new_tokens", args.max_length, "--device", "cpu"],
-                       folder / f"translate.beam{num_beams}.log", {"OMP_NUM_THREADS": str(args.threads)})
+                        "--max_new_tokens", args.max_length, "--device", "cpu", *(["--int8"] if int8 else [])],
+                       folder / f"translate.{name}.log", {"OMP_NUM_THREADS": str(args.threads)})
     return run, output.read_text(encoding="utf-8").splitlines()
 
 
@@ -445,7 +458,8 @@ def benchmark_ours(args, data, tokenizer_folder, stats, out, bf16=False):
         parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
     train.update(parameters=parameters, shape=our_shape(RNNAttnConfig.from_pretrained(model_dir)), source_extra=1,
                  target_extra=1)
-    return train, {beams: translate_ours(args, data, folder, beams) for beams in args.num_beams}
+    decodes = [(key, beams, int8) for key, beams, int8 in decodes_to_time(args) if not (bf16 and int8)]
+    return train, {key: translate_ours(args, data, folder, beams, int8) for key, beams, int8 in decodes}
 
 
 def _reused_training(args, folder, model_path):
@@ -480,18 +494,17 @@ def measure(name, run_toolkit, score, stats, peak_flops, out):
                   "parameters_m": train["parameters"] / 1e6, "useful_flops_per_target_token": flops,
                   "useful_gflops_per_second": flops * tokens_per_second / 1e9,
                   "percent_of_matmul_peak": 100 * flops * tokens_per_second / peak_flops},
-        "decode": {str(beams): {**run, "sentences_per_second": len(hypotheses) / run["wall_seconds"],
-                                **score(hypotheses)}
-                   for beams, (run, hypotheses) in decodes.items()},
+        "decode": {key: {**run, "sentences_per_second": len(hypotheses) / run["wall_seconds"], **score(hypotheses)}
+                   for key, (run, hypotheses) in decodes.items()},
     }
     saved.write_text(json.dumps(result, indent=2))
     return result
 
 
-def table_rows(args, theirs, ours, precision="fp32"):
+def table_rows(args, theirs, ours, precision="fp32", int8=False):
     """(metric, OpenNMT-py value, ours value, ratio) with the ratio > 1 where hf_rnn_attn does better.
 
-    Rows that only describe the run (`better=None`) get no ratio.
+    Rows that only describe the run (`better=None`) get no ratio. With `int8`, only the rows of the int8 decodings.
     """
 
     def get(result, *keys):
@@ -509,7 +522,7 @@ def table_rows(args, theirs, ours, precision="fp32"):
 
     estimated = " (ours estimated)" if get(ours, "train", "target_tokens_estimated") else ""
     peak = "fp32 matmul peak" if precision == "fp32" else f"matmul peak (ours: {precision}'s, OpenNMT-py: fp32's)"
-    rows = [
+    rows = [] if int8 else [
         row("parameters (M)", ("train", "parameters_m"), 2, better=None),
         row(f"training: real target tokens in {args.train_steps} steps{estimated}", ("train", "target_tokens"), 0,
             better=None),
@@ -522,12 +535,13 @@ def table_rows(args, theirs, ours, precision="fp32"):
         row(f"training: % of {peak}", ("train", "percent_of_matmul_peak"), 1),
         row("training: peak RSS (MiB)", ("train", "peak_rss_mib"), 0, better="lower"),
     ]
-    for beams in args.num_beams:
-        name = "greedy" if beams == 1 else f"beam {beams}"
-        rows += [row(f"{name}: sentences/s, process start included", ("decode", str(beams), "sentences_per_second"), 1),
-                 row(f"{name}: output subwords per sentence", ("decode", str(beams), "output_subwords"), 1,
-                     better=None),
-                 row(f"{name}: BLEU", ("decode", str(beams), "bleu"), 2)]
+    for key, beams, _ in decodes_to_time(args):
+        if int8 != key.endswith("int8"):
+            continue
+        name = ("greedy" if beams == 1 else f"beam {beams}") + (" int8" if int8 else "")
+        rows += [row(f"{name}: sentences/s, process start included", ("decode", key, "sentences_per_second"), 1),
+                 row(f"{name}: output subwords per sentence", ("decode", key, "output_subwords"), 1, better=None),
+                 row(f"{name}: BLEU", ("decode", key, "bleu"), 2)]
     return rows
 
 
@@ -545,8 +559,8 @@ def onmt_start_note(onmt_train, ours):
     return note
 
 
-def markdown_table(rows, ours="hf_rnn_attn"):
-    lines = [f"| metric | OpenNMT-py 3.0.4 | {ours} | ratio (> 1: hf_rnn_attn better) |", "|---|---:|---:|---:|"]
+def markdown_table(rows, ours="hf_rnn_attn", theirs="OpenNMT-py 3.0.4"):
+    lines = [f"| metric | {theirs} | {ours} | ratio (> 1: hf_rnn_attn better) |", "|---|---:|---:|---:|"]
     return "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in rows)])
 
 
@@ -594,6 +608,9 @@ def main(argv=None):
     if args.bf16:
         table += "\n\n" + markdown_table(table_rows(args, results["onmt"], results["ours-bf16"], precision="bf16"),
                                           ours="hf_rnn_attn, trained under bf16 autocast")
+    if args.int8:
+        table += "\n\n" + markdown_table(table_rows(args, results["onmt"], results["ours"], int8=True),
+                                          ours="hf_rnn_attn, decoded in int8", theirs="OpenNMT-py 3.0.4, -int8")
     notes = ["Ratios: rates and BLEU ours/theirs; seconds and memory theirs/ours."]
     for key, name, skipped in (("onmt", "OpenNMT-py", args.skip_onmt), ("ours", "hf_rnn_attn", args.skip_ours)):
         if skipped and results[key] is not None:

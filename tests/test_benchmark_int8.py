@@ -1,0 +1,64 @@
+"""The side-by-side benchmark's --int8: each toolkit decodes with its own int8 option, into files of their own, and
+the int8 table compares int8 with int8 only."""
+
+from types import SimpleNamespace
+
+from script_helpers import load_script
+
+benchmark_peers = load_script("benchmark_peers")
+
+
+def fake_runs(monkeypatch):
+    """Records the commands that `run_measured` would run, and writes what each would output."""
+    commands = []
+
+    def run_measured(command, log_path, env_extra=None):
+        command = [str(part) for part in command]
+        commands.append(command)
+        output = command[command.index("-output" if "-output" in command else "--output") + 1]
+        with open(output, "w", encoding="utf-8") as file:
+            file.write("hola\n")
+        return {"wall_seconds": 2.0, "peak_rss_mib": 100.0}
+
+    monkeypatch.setattr(benchmark_peers, "run_measured", run_measured)
+    monkeypatch.setattr(benchmark_peers, "detokenize", lambda tokenizer, lines: lines)
+    return commands
+
+
+def test_int8_decodes_use_each_toolkits_int8_option_and_files_of_their_own(monkeypatch, tmp_path):
+    commands = fake_runs(monkeypatch)
+    args = SimpleNamespace(max_length=200, threads=2)
+    for int8 in (False, True):
+        benchmark_peers.translate_onmt(args, tmp_path, tmp_path, tmp_path / "model.pt", None, 5, int8=int8)
+        benchmark_peers.translate_ours(args, tmp_path, tmp_path, 5, int8=int8)
+    onmt, ours, onmt_int8, ours_int8 = commands
+    assert "-int8" not in onmt and "--int8" not in ours
+    assert onmt_int8 == [*onmt[:onmt.index("-output") + 1], str(tmp_path / "test.beam5.int8.sub"),
+                         *onmt[onmt.index("-output") + 2:], "-int8"]
+    assert ours_int8 == [*ours[:ours.index("--output") + 1], str(tmp_path / "test.beam5.int8.txt"),
+                         *ours[ours.index("--output") + 2:], "--int8"]
+    assert {path.name for path in tmp_path.glob("test.*")} == {"test.beam5.sub", "test.beam5.txt",
+                                                                "test.beam5.int8.sub", "test.beam5.int8.txt"}
+
+
+def test_int8_table_compares_int8_decodes_and_the_fp32_table_does_not_show_them():
+    args = SimpleNamespace(num_beams=[1, 5], int8=True, train_steps=10)
+    assert benchmark_peers.decodes_to_time(args) == [("1", 1, False), ("5", 5, False), ("1 int8", 1, True),
+                                                     ("5 int8", 5, True)]
+    assert benchmark_peers.decodes_to_time(SimpleNamespace(num_beams=[5], int8=False)) == [("5", 5, False)]
+
+    def result(fp32_rate, int8_rate):
+        decode = {key: {"sentences_per_second": int8_rate if key.endswith("int8") else fp32_rate,
+                        "output_subwords": 30.0, "bleu": 10.0} for key in ("1", "5", "1 int8", "5 int8")}
+        return {"decode": decode, "train": {}}
+
+    theirs, ours = result(100.0, 200.0), result(150.0, 500.0)
+    int8_rows = benchmark_peers.table_rows(args, theirs, ours, int8=True)
+    assert [row[0] for row in int8_rows] == [
+        "greedy int8: sentences/s, process start included", "greedy int8: output subwords per sentence",
+        "greedy int8: BLEU", "beam 5 int8: sentences/s, process start included",
+        "beam 5 int8: output subwords per sentence", "beam 5 int8: BLEU"]
+    assert int8_rows[0][1:] == ["200.0", "500.0", "2.50"]
+    fp32_rows = {row[0]: row[1:] for row in benchmark_peers.table_rows(args, theirs, ours)}
+    assert fp32_rows["greedy: sentences/s, process start included"] == ["100.0", "150.0", "1.50"]
+    assert not any("int8" in label for label in fp32_rows)
