@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import AutoTokenizer, Seq2SeqTrainer, TrainerCallback, set_seed
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
@@ -99,12 +99,17 @@ class DataArguments:
                 "weighs the same in every update (OpenNMT-py's `normalization: sents`, rescaled). Use sentences "
                 "with --train_sampling_strategy group_by_length, whose batches of short sentences would otherwise "
                 "weigh each of their tokens several times more than batches of long ones"})
+    pad_to_multiple_of: int | None = field(default=None, metadata={
+        "help": "pad each batch's sources and targets to a multiple of this many tokens. oneDNN, which runs the "
+                "CPU's LSTMs and bf16 products, compiles and keeps a kernel for each shape it meets: with 8, "
+                "lstm-luong trained under bf16 1,000 steps 8% faster, peak memory 2.3 GB instead of 2.6 GB "
+                "(2-core Xeon with AMX); bigru-bahdanau's fp32 recurrent layers only run the extra steps"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an --output_dir that holds a run, deleting its checkpoints (else refused)"})
 
     def __post_init__(self):
         check_positive(self, ("max_source_length", "max_target_length", "max_train_samples", "max_eval_samples",
-                              "max_train_minutes", "early_stopping_patience"))
+                              "max_train_minutes", "early_stopping_patience", "pad_to_multiple_of"))
         if self.lr_schedule_by_time and self.max_train_minutes is None:
             raise ValueError("--lr_schedule_by_time needs --max_train_minutes: the schedule runs over that time.")
         check_loss_normalization(self.loss_normalization, "--loss_normalization")
@@ -215,6 +220,13 @@ def tokenize_translation_dataset(dataset, tokenizer, source_lang, target_lang, m
 
     return dataset.map(tokenize, batched=True, num_proc=num_proc, remove_columns=dataset.column_names,
                        desc="Tokenizing")
+
+
+def translation_collator(tokenizer, model, data_args):
+    """Batches of tokenized pairs: padded sources, labels padded with -100 and the decoder inputs made from them,
+    each padded to a multiple of `--pad_to_multiple_of` tokens when it is set."""
+    return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100,
+                                  pad_to_multiple_of=data_args.pad_to_multiple_of)
 
 
 def build_compute_metrics(tokenizer, metric=None):

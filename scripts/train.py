@@ -15,13 +15,12 @@ Hub dataset name. Without --tokenizer, a joint BPE tokenizer is trained on the t
 import os
 import sys
 
-from transformers import (DataCollatorForSeq2Seq, EarlyStoppingCallback, HfArgumentParser,
-                          Seq2SeqTrainingArguments)
+from transformers import EarlyStoppingCallback, HfArgumentParser, Seq2SeqTrainingArguments
 
 from hf_rnn_attn.distributed import use_cpu_processes_without_accelerator
 from hf_rnn_attn.training import (DataArguments, ModelArguments, TimeBudgetCallback, TranslationTrainer,
                                   build_compute_metrics, check_output_dir, check_training_length,
-                                  prepare_translation_run)
+                                  prepare_translation_run, translation_collator)
 
 
 def main(argv=None):
@@ -54,7 +53,7 @@ def main(argv=None):
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        data_collator=translation_collator(tokenizer, model, data_args),
         compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
         callbacks=callbacks,
         loss_normalization=data_args.loss_normalization,

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 from torch.utils.data import DataLoader
-from transformers import DataCollatorForSeq2Seq, EvalPrediction, HfArgumentParser, get_scheduler
+from transformers import EvalPrediction, HfArgumentParser, get_scheduler
 
 from hf_rnn_attn.distributed import use_cpu_processes_without_accelerator
 from hf_rnn_attn.training import (DataArguments, ModelArguments, build_compute_metrics, check_positive,
-                                  mean_target_tokens, prepare_translation_run)
+                                  mean_target_tokens, prepare_translation_run, translation_collator)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def main(argv=None):
     )
     tokenizer, model, tokenized = prepare_translation_run(model_args, data_args, args.seed)
 
-    collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    collator = translation_collator(tokenizer, model, data_args)
     train_loader = DataLoader(tokenized["train"], batch_size=args.per_device_train_batch_size, shuffle=True,
                               collate_fn=collator)
     eval_loader = DataLoader(tokenized["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collator)

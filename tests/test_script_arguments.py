@@ -20,6 +20,7 @@ def tokenizer():
     (["--num_train_epochs", "0"], r"--num_train_epochs must be positive \(or set --max_steps\); got 0"),
     (["--max_source_length", "0"], r"--max_source_length must be positive, got 0"),
     (["--max_train_samples", "-1"], r"--max_train_samples must be positive, got -1"),
+    (["--pad_to_multiple_of", "0"], r"--pad_to_multiple_of must be positive, got 0"),
     (["--vocab_size", "0"], r"--vocab_size must be positive, got 0"),
 ])
 def test_train_refuses_a_run_that_cannot_be_right(tmp_path, arguments, message):

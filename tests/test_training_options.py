@@ -1,6 +1,7 @@
 """What `TranslationTrainer` does with Seq2SeqTrainer's options: a learning-rate schedule over a time budget
 (`--lr_schedule_by_time`: the time spent, not the updates made, drives transformers' schedules),
-`--label_smoothing_factor` inside the model's fused loss, and `--loss_normalization`."""
+`--label_smoothing_factor` inside the model's fused loss, `--loss_normalization`, and the batches of
+`--pad_to_multiple_of`."""
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from transformers import Seq2SeqTrainingArguments, get_scheduler
 
 from hf_rnn_attn import training
 from hf_rnn_attn.training import (DataArguments, ModelArguments, TimeBudgetCallback, TranslationTrainer,
-                                  schedule_over_time)
+                                  schedule_over_time, translation_collator)
+from script_helpers import SOURCES, TARGETS, tiny_tokenizer
 from tiny_models import source_batch, tiny_model
 
 
@@ -161,3 +163,27 @@ def test_loss_normalization_refuses_what_it_cannot_do(tmp_path):
         TranslationTrainer(model=tiny_model("bigru-bahdanau"), args=args, loss_normalization="sentences")
     with pytest.raises(ValueError, match="--loss_normalization must be one of tokens, sentences, got 'sents'"):
         DataArguments(loss_normalization="sents")
+
+
+@pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-general"])
+def test_pad_to_multiple_of_pads_the_batch_and_leaves_the_loss_and_gradients_alone(variant):
+    """Sources, labels and decoder inputs padded to a multiple of 8 tokens (fewer sequence lengths for oneDNN's
+    kernels to compile); the padding is masked and labelled -100, so the loss and gradients are the batch's."""
+    tokenizer = tiny_tokenizer()
+    features = [{"input_ids": tokenizer(source)["input_ids"], "labels": tokenizer(text_target=target)["input_ids"]}
+                for source, target in zip(SOURCES[:3], TARGETS[:3])]
+    results = {}
+    for multiple in (None, 8):
+        model = tiny_model(variant, vocab_size=len(tokenizer), dropout=0.0).train()
+        batch = translation_collator(tokenizer, model, DataArguments(pad_to_multiple_of=multiple))(features)
+        loss = model(**batch).loss
+        loss.backward()
+        results[multiple] = batch, loss, [parameter.grad for parameter in model.parameters()]
+    (plain, plain_loss, plain_grads), (padded, padded_loss, padded_grads) = results[None], results[8]
+    for name in ("input_ids", "attention_mask", "labels", "decoder_input_ids"):
+        assert padded[name].shape[1] % 8 == 0
+        assert padded[name].shape[1] > plain[name].shape[1]
+    assert (padded["labels"] != -100).sum() == (plain["labels"] != -100).sum()
+    torch.testing.assert_close(padded_loss, plain_loss)
+    for padded_grad, plain_grad in zip(padded_grads, plain_grads):
+        torch.testing.assert_close(padded_grad, plain_grad)
