@@ -140,7 +140,7 @@ def console_main():
     """The `hf-rnn-attn` command (and `python -m hf_rnn_attn.cli`): `main`, with the imported objects frozen first.
 
     When a process ends, the interpreter runs full garbage collections over every object still alive, and torch and
-    transformers leave millions: 0.7 s of a 7.8-s greedy translation of 1,000 verses (2-core Xeon). `gc.freeze()`
+    transformers leave some 360,000: 0.7 s of a 7.8-s greedy translation of 1,000 verses (2-core Xeon). `gc.freeze()`
     takes the objects that exist now, those of the imports, out of the collector's sight; files, atexit handlers and
     the exit status are as without it. For a process that ends with the command only: in a longer-lived one,
     garbage that exists now would never be collected.
