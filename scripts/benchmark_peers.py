@@ -484,6 +484,8 @@ def measure(name, run_toolkit, score, stats, peak_flops, out):
     if run_toolkit is None:
         return json.loads(saved.read_text()) if saved.is_file() else None
     train, decodes = run_toolkit()
+    # The peak of the run that trained: --reuse decodes again in a later run, whose peak may differ.
+    train.setdefault("matmul_peak_flops", peak_flops)
     (folder / "training.json").write_text(json.dumps(train, indent=2))
     flops = training_flops_per_target_token(train["shape"], stats, train["source_extra"], train["target_extra"])
     tokens_per_second = train["target_tokens"] / train["loop_seconds"]
@@ -493,7 +495,7 @@ def measure(name, run_toolkit, score, stats, peak_flops, out):
                   "process_target_tokens_per_second": train["target_tokens"] / train["wall_seconds"],
                   "parameters_m": train["parameters"] / 1e6, "useful_flops_per_target_token": flops,
                   "useful_gflops_per_second": flops * tokens_per_second / 1e9,
-                  "percent_of_matmul_peak": 100 * flops * tokens_per_second / peak_flops},
+                  "percent_of_matmul_peak": 100 * flops * tokens_per_second / train["matmul_peak_flops"]},
         "decode": {key: {**run, "sentences_per_second": len(hypotheses) / run["wall_seconds"], **score(hypotheses)}
                    for key, (run, hypotheses) in decodes.items()},
     }

@@ -1,6 +1,8 @@
-"""The side-by-side benchmark's --int8: each toolkit decodes with its own int8 option, into files of their own, and
-the int8 table compares int8 with int8 only."""
+"""The side-by-side benchmark's decoding runs: with --int8 each toolkit decodes with its own int8 option, into files
+of their own, and the int8 table compares int8 with int8 only; with --reuse, a training measured in an earlier run
+keeps that run's matmul peak."""
 
+import json
 from types import SimpleNamespace
 
 from script_helpers import load_script
@@ -62,3 +64,19 @@ def test_int8_table_compares_int8_decodes_and_the_fp32_table_does_not_show_them(
     fp32_rows = {row[0]: row[1:] for row in benchmark_peers.table_rows(args, theirs, ours)}
     assert fp32_rows["greedy: sentences/s, process start included"] == ["100.0", "150.0", "1.50"]
     assert not any("int8" in label for label in fp32_rows)
+
+
+def test_a_reused_training_keeps_the_matmul_peak_of_the_run_that_trained(monkeypatch, tmp_path):
+    monkeypatch.setattr(benchmark_peers, "training_flops_per_target_token", lambda *args: 1.0e6)
+    (tmp_path / "ours").mkdir()
+    train = {"shape": None, "source_extra": 1, "target_extra": 1, "target_tokens": 4000.0, "loop_seconds": 2.0,
+             "wall_seconds": 3.0, "parameters": 1.0e6}
+
+    def measured(saved_train, peak_flops):
+        result = benchmark_peers.measure("ours", lambda: (dict(saved_train), {}), None, {}, peak_flops, tmp_path)
+        return result["train"]["percent_of_matmul_peak"]
+
+    assert measured(train, 20.0e9) == 100 * 1.0e6 * 2000.0 / 20.0e9  # trained in this run: this run's peak
+    saved = json.loads((tmp_path / "ours" / "training.json").read_text())
+    assert saved["matmul_peak_flops"] == 20.0e9
+    assert measured(saved, 40.0e9) == 100 * 1.0e6 * 2000.0 / 20.0e9  # reused in a later run: still its own peak
