@@ -159,14 +159,18 @@ class ONNXTranslator:
         encoded = self.tokenizer([texts[i] for i in todo], truncation=truncation, max_length=max_source_length)
         ids = dict(zip(todo, encoded["input_ids"]))
         todo.sort(key=lambda i: len(ids[i]), reverse=True)  # similar lengths: little padding, similar ends
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+        # Greedy search takes every text in one call, `batch_size` decoding at a time (refilled as they end).
+        greedy = (generate_kwargs.get("num_beams") or self.generation_config.num_beams) == 1
+        group = len(todo) if greedy else batch_size
+        for start in range(0, len(todo), group):
+            batch = todo[start:start + group]
             input_ids = np.full((len(batch), len(ids[batch[0]])), self.config.pad_token_id, dtype=np.int64)
             attention_mask = np.zeros_like(input_ids)
             for row, i in enumerate(batch):
                 input_ids[row, :len(ids[i])] = ids[i]
                 attention_mask[row, :len(ids[i])] = 1
-            output = self.generate(input_ids, attention_mask, **generate_kwargs)
+            output = self.generate(input_ids, attention_mask, max_active_rows=batch_size if greedy else None,
+                                   **generate_kwargs)
             texts_out = self.tokenizer.batch_decode(output.sequences, skip_special_tokens=True,
                                                     clean_up_tokenization_spaces=False)
             for row, i in enumerate(batch):
@@ -176,16 +180,21 @@ class ONNXTranslator:
     # -------------------------------------------------------------------------------------------- search
 
     def generate(self, input_ids, attention_mask=None, num_beams=None, max_new_tokens=None, max_length=None,
-                 length_penalty=None, early_stopping=None, num_return_sequences=None):
+                 length_penalty=None, early_stopping=None, num_return_sequences=None, max_active_rows=None):
         """Greedy (`num_beams=1`) or beam search from right-padded B x S source ids, as `model.generate()` with the
         same arguments: unset ones come from the export's generation config (`max_length` 20 when nothing sets a
         length). Returns an `ONNXGeneration`.
+
+        `max_active_rows` (greedy search): at most that many sentences decode at once, and each that ends gives its
+        row to the next one, as `model.generate(max_active_rows=...)` does: the same tokens and scores.
         """
         settings = self.generation_config
         input_ids = np.asarray(input_ids, dtype=np.int64)
         attention_mask = (np.ones_like(input_ids) if attention_mask is None
                           else np.asarray(attention_mask, dtype=np.int64))
         self._check_source(input_ids, attention_mask)
+        if max_active_rows is not None and (not isinstance(max_active_rows, int) or max_active_rows < 1):
+            raise ValueError(f"`max_active_rows` must be a positive integer or None, got {max_active_rows!r}.")
         num_beams = num_beams or settings.num_beams
         num_return_sequences = num_return_sequences or settings.num_return_sequences
         if num_return_sequences > num_beams:
@@ -196,14 +205,13 @@ class ONNXTranslator:
         max_length = 1 + max_new_tokens if max_new_tokens is not None else max_length
         eos = settings.eos_token_id
         eos = np.array([] if eos is None else np.atleast_1d(eos), dtype=np.int64)
-        outputs = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
-        named = dict(zip((node.name for node in self.encoder.get_outputs()), outputs))
-        memory = {"keys": named["keys"], "projected_keys": named["projected_keys"], "attention_mask": attention_mask}
-        state = {name: named[name] for name in self.state_names}
         if num_beams == 1:
-            return self._greedy_search(memory, state, max_length, eos)
-        rows = {name: np.repeat(value, num_beams, axis=0) for name, value in {**memory, **state}.items()}
-        return self._beam_search({name: rows[name] for name in memory}, {name: rows[name] for name in state},
+            return self._greedy_search(input_ids, attention_mask, max_length, eos,
+                                       max_active_rows or input_ids.shape[0])
+        rows = {name: np.repeat(value, num_beams, axis=0)
+                for name, value in self._encode(input_ids, attention_mask).items()}
+        return self._beam_search({name: rows[name] for name in MEMORY_NAMES},
+                                 {name: rows[name] for name in self.state_names},
                                  num_beams, max_length, eos, num_return_sequences,
                                  settings.length_penalty if length_penalty is None else length_penalty,
                                  settings.early_stopping if early_stopping is None else early_stopping)
@@ -223,33 +231,63 @@ class ONNXTranslator:
             raise ValueError(f"Source length {input_ids.shape[1]} exceeds max_source_positions={limit} of the "
                              f"location score; truncate the source (max_source_length={limit}).")
 
+    def _encode(self, input_ids, attention_mask):
+        """The decoder's inputs for each source row: its memory (`MEMORY_NAMES`) and its first state."""
+        outputs = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        rows = dict(zip((node.name for node in self.encoder.get_outputs()), outputs))
+        return {"keys": rows["keys"], "projected_keys": rows["projected_keys"], "attention_mask": attention_mask,
+                **{name: rows[name] for name in self.state_names}}
+
     def _step(self, tokens, memory, state):
         """One decoder step for R rows: log-probabilities of the next token (R x V) and the new state."""
         outputs = self.decoder.run(None, {"decoder_input_ids": tokens[:, None], **memory, **state})
         return outputs[0], dict(zip(self.state_names, outputs[2:]))
 
-    def _greedy_search(self, memory, state, max_length, eos):
-        """`generate()`'s greedy search: argmax until EOS or max_length; ended rows are padded."""
+    def _greedy_search(self, input_ids, attention_mask, max_length, eos, max_active_rows):
+        """`generate()`'s greedy search: argmax until EOS or max_length; ended rows are padded.
+
+        At most `max_active_rows` sentences decode at once; a sentence that ends leaves, and the next waiting ones
+        take the free rows (encoded `max_active_rows` at a time, when they are needed), as in
+        `lean_decoding.greedy_search`: batches of a fixed set would run as long as their longest translation, the
+        last steps with a few rows, which cost almost as much as full ones.
+        """
         config = self.config
-        batch_size = memory["keys"].shape[0]
+        batch_size = input_ids.shape[0]
         sequences = np.full((batch_size, max_length), config.pad_token_id, dtype=np.int64)
         sequences[:, 0] = config.decoder_start_token_id
+        lengths = np.ones(batch_size, dtype=np.int64)  # tokens in each sequence
         scores = np.zeros(batch_size, dtype=np.float32)
-        active = np.arange(batch_size)  # the sentence of each row
-        tokens = sequences[:, 0]
-        length = 1
-        while active.size and length < max_length:
-            log_probs, state = self._step(tokens, memory, state)
+        if max_length <= 1:
+            return ONNXGeneration(sequences[:, :1], scores)
+        active, rows = np.arange(0), None  # the sentence of each row, and the rows' decoder inputs
+        waiting, encoded, next_sentence = np.arange(0), None, 0  # encoded sentences yet to join, and their inputs
+        while True:
+            while active.size < max_active_rows and (waiting.size or next_sentence < batch_size):
+                if not waiting.size:
+                    waiting = np.arange(next_sentence, min(batch_size, next_sentence + max_active_rows))
+                    next_sentence = waiting[-1] + 1
+                    width = int(attention_mask[waiting].sum(axis=1).max())
+                    encoded = self._encode(input_ids[waiting, :width], attention_mask[waiting, :width])
+                joining = min(max_active_rows - active.size, waiting.size)
+                rows = _join_rows(rows, {name: value[:joining] for name, value in encoded.items()})
+                active = np.concatenate([active, waiting[:joining]])
+                waiting, encoded = waiting[joining:], {name: value[joining:] for name, value in encoded.items()}
+            if not active.size:
+                return ONNXGeneration(sequences[:, :int(lengths.max())], scores)
+            memory = {name: rows[name] for name in MEMORY_NAMES}
+            log_probs, state = self._step(sequences[active, lengths[active] - 1], memory,
+                                          {name: rows[name] for name in self.state_names})
+            rows.update(state)
             tokens = log_probs.argmax(axis=-1)
-            sequences[active, length] = tokens
+            sequences[active, lengths[active]] = tokens
             scores[active] += log_probs[np.arange(active.size), tokens]
-            length += 1
-            done = np.isin(tokens, eos)
+            lengths[active] += 1
+            done = np.isin(tokens, eos) | (lengths[active] >= max_length)
             if done.any():
                 kept = np.flatnonzero(~done)
-                memory, state = _take(memory, kept), _take(state, kept)
-                active, tokens = active[kept], tokens[kept]
-        return ONNXGeneration(sequences[:, :length], scores)
+                rows, active = _take(rows, kept), active[kept]
+                if active.size:  # the sources still read, without the columns only ended ones had
+                    rows = _fit_source(rows, int(rows["attention_mask"].sum(axis=1).max()))
 
     def _beam_search(self, memory, state, num_beams, max_length, eos, num_return_sequences, length_penalty,
                      early_stopping):
@@ -339,6 +377,26 @@ class ONNXTranslator:
 
 def _take(arrays, rows):
     return {name: value[rows] for name, value in arrays.items()}
+
+
+def _fit_source(rows, width):
+    """The memory's source columns (axis 1) cut or padded to `width`. Attention gives padding exactly 0, so this
+    changes only the work (`lean_decoding.ActiveRows._resize_source`)."""
+    def fit(value):
+        extra = width - value.shape[1]
+        if extra <= 0:
+            return value[:, :width]
+        return np.pad(value, [(0, 0), (0, extra)] + [(0, 0)] * (value.ndim - 2))
+    return {name: fit(value) if name in MEMORY_NAMES else value for name, value in rows.items()}
+
+
+def _join_rows(rows, joining):
+    """`rows` followed by `joining`, both on the wider source."""
+    if rows is None:
+        return joining
+    width = max(rows["attention_mask"].shape[1], joining["attention_mask"].shape[1])
+    rows, joining = _fit_source(rows, width), _fit_source(joining, width)
+    return {name: np.concatenate([value, joining[name]]) for name, value in rows.items()}
 
 
 def _top_k(values, k):

@@ -50,12 +50,15 @@ def exported(tmp_path_factory):
     return get
 
 
+@pytest.mark.parametrize("max_active_rows", [None, 2])
 @pytest.mark.parametrize("variant", EXPORTABLE)
-def test_greedy_search_equals_generate(variant, exported):
+def test_greedy_search_equals_generate(variant, max_active_rows, exported):
+    """With `max_active_rows=2` the four sentences decode two at a time, each that ends replaced by the next."""
     model, translator = exported(variant)
     input_ids, attention_mask = source_batch(**BATCH)
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=15)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15)
+    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15,
+                                 max_active_rows=max_active_rows)
     np.testing.assert_array_equal(output.sequences, expected.numpy())
     log_probs, *_ = teacher_forced_scores(model, input_ids, attention_mask, expected, model.config.eos_token_id)
     np.testing.assert_allclose(output.scores, log_probs.numpy(), atol=1e-4, rtol=0)
@@ -265,3 +268,11 @@ def test_bad_sources_are_refused(exported):
         translator.generate(np.array([[3, 0, 4]]), np.array([[1, 0, 1]]))
     with pytest.raises(ValueError, match=r"token ids in \[0, 20\)"):
         translator.generate(np.array([[3, 25]]))
+
+
+@pytest.mark.parametrize("max_active_rows", [0, -1, 2.5])
+def test_a_bad_max_active_rows_is_refused(max_active_rows, exported):
+    _, translator = exported("bigru-bahdanau")
+    input_ids, attention_mask = source_batch(**BATCH)
+    with pytest.raises(ValueError, match="`max_active_rows` must be a positive integer or None"):
+        translator.generate(input_ids.numpy(), attention_mask.numpy(), max_active_rows=max_active_rows)
