@@ -52,7 +52,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from .attention import AdditiveScore
 from .hub import check_model_folder
-from .onnx import EXPORT_FORMAT, GRAPH_FILES, MEMORY_NAMES, architecture
+from hf_rnn_attn_runtime.onnx import EXPORT_FORMAT, GRAPH_FILES, MEMORY_NAMES, architecture
 
 OPSET = 17
 TOLERANCE = 1e-4  # largest difference of log-probabilities between an exported graph and the model

@@ -1,16 +1,22 @@
 """ONNX export and the onnxruntime translator: the same tokens and scores as generate() on every variant, the
 same text as the PyTorch path through the CLI, int8 on both backends, and clear errors for wrong folders."""
 
+import inspect
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from transformers import AutoTokenizer, GenerationConfig
 
-from hf_rnn_attn import cli
+from hf_rnn_attn import RNNAttnConfig, cli
 from hf_rnn_attn.onnx import GRAPH_FILES, ONNXTranslator
+from hf_rnn_attn_runtime.export_folder import GENERATION_DEFAULTS, ExportedTokenizer, GenerationSettings
+from hf_rnn_attn_runtime.onnx import ARCHITECTURE_DEFAULTS
 from hf_rnn_attn.onnx_export import export_onnx
 from hf_rnn_attn.quantization import quantize_int8
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
@@ -276,3 +282,53 @@ def test_a_bad_max_active_rows_is_refused(max_active_rows, exported):
     input_ids, attention_mask = source_batch(**BATCH)
     with pytest.raises(ValueError, match="`max_active_rows` must be a positive integer or None"):
         translator.generate(input_ids.numpy(), attention_mask.numpy(), max_active_rows=max_active_rows)
+
+
+# ------------------------------------------------------------------------------------ without torch or transformers
+
+def test_the_runtime_reads_the_config_defaults_of_rnn_attn_config():
+    """hf_rnn_attn_runtime cannot import `RNNAttnConfig`, so it keeps its own copy of the architecture defaults."""
+    training_only = {"dropout", "init_range", "use_cache"}
+    signature = inspect.signature(RNNAttnConfig.__init__).parameters.items()
+    assert ARCHITECTURE_DEFAULTS == {name: parameter.default for name, parameter in signature
+                                     if name not in ("self", "kwargs", *training_only)}
+
+
+def test_the_runtime_reads_unset_generation_settings_as_generate_does():
+    defaults = GenerationConfig._get_default_generation_params()
+    assert GENERATION_DEFAULTS == {name: defaults[name] for name in GENERATION_DEFAULTS}
+
+
+def test_the_runtime_tokenizer_gives_the_ids_and_texts_of_the_saved_tokenizer(trained):
+    """tokenizer.json through `tokenizers` against the transformers tokenizer saved with it, in every truncation
+    mode; the trained tokenizer was saved after padded calls, whose padding transformers does not apply."""
+    _, tokenizer, folder, sentences = trained
+    exported, saved = ExportedTokenizer(folder / "onnx"), AutoTokenizer.from_pretrained(folder / "onnx")
+    texts = [*sentences, "", "el gato come pan " * 80]
+    for truncation, max_length in [(None, None), (True, 4), (True, None), (None, 5), (False, 4)]:
+        assert exported(texts, truncation=truncation, max_length=max_length) == \
+            {"input_ids": saved(texts, truncation=truncation, max_length=max_length)["input_ids"]}
+    ids = saved(texts)["input_ids"]
+    assert exported.batch_decode(ids) == saved.batch_decode(ids, skip_special_tokens=True,
+                                                            clean_up_tokenization_spaces=False)
+
+
+def test_generation_settings_without_a_generation_config_come_from_the_config(trained, tmp_path):
+    _, _, folder, _ = trained
+    shutil.copytree(folder / "onnx", tmp_path / "onnx")
+    (tmp_path / "onnx" / "generation_config.json").unlink()
+    translator = ONNXTranslator(tmp_path / "onnx")
+    assert translator.generation_config == GenerationSettings(
+        num_beams=1, num_return_sequences=1, max_length=20, max_new_tokens=None, length_penalty=1.0,
+        early_stopping=False, eos_token_id=translator.config.eos_token_id, sets_length=False)
+
+
+def test_translating_with_the_runtime_imports_neither_torch_nor_transformers(trained):
+    _, _, folder, sentences = trained
+    program = (f"import sys; from hf_rnn_attn_runtime import ONNXTranslator; "
+               f"print(ONNXTranslator({str(folder / 'onnx')!r}).translate({sentences[:3]!r}, max_new_tokens=12)); "
+               f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'hf_rnn_attn')))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    translations, imported = result.stdout.splitlines()
+    assert translations == repr(ONNXTranslator(folder / "onnx").translate(sentences[:3], max_new_tokens=12))
+    assert imported == "[]"
