@@ -177,7 +177,7 @@ def translation_rows(args):
               f"{args.threads or 'default'}: sentences/s "
               f"(process start included), peak RSS of the process" + (", BLEU" if metric else ""))
         for name, options, exported in BACKENDS:
-            command = [sys.executable, "-m", "hf_rnn_attn.cli", "translate", "--model",
+            command = [sys.executable, "-m", "hf_rnn_attn_runtime.command_line", "translate", "--model",
                        str(work / "onnx" if exported else args.translation_model), *options,
                        *(["--threads", str(args.threads)] if args.threads else [])]
             start_seconds, start_rss = run_timed([*command, "--input", str(work / "empty.txt")])

@@ -11,6 +11,7 @@ Usage:
     .venv/bin/python scripts/benchmark_peers.py --tokenizer runs/tokenizer    # an existing joint tokenizer
     .venv/bin/python scripts/benchmark_peers.py --bf16        # ours also trained under bf16 autocast (AMX, AVX512-BF16)
     .venv/bin/python scripts/benchmark_peers.py --reuse --int8   # both also decode with their dynamic int8 options
+    .venv/bin/python scripts/benchmark_peers.py --reuse --onnx   # ours also through `--backend onnx`
 
 Both toolkits see the same train split, cut by the same joint BPE tokenizer (OpenNMT-py gets it as
 space-separated subwords and a vocabulary written from the tokenizer; its output is decoded back to text with
@@ -21,6 +22,9 @@ OUTPUT_DIR/results.json. With --bf16, ours trains a second time under bf16 autoc
 fp32 as always) and a second table compares that run with the same OpenNMT-py run, against the bf16 matmul peak.
 With --int8, each toolkit also translates with its own dynamic int8 quantisation of its fp32 model
 (`onmt_translate -int8`, `hf-rnn-attn translate --int8`: both torch.ao's `quantize_dynamic`), in a third table.
+With --onnx, ours is also exported once (`hf-rnn-attn export`, timed apart) and translates through `hf-rnn-attn
+translate --backend onnx`, which runs without torch or transformers (the same translations in fp32), in a table of
+its own against OpenNMT-py's fp32 decodes (with --int8, another for the int8 graphs against its -int8 ones).
 
 Useful FLOPs count only the matrix products a model needs (`training_flops_per_target_token`), on real tokens:
 padding, and OpenNMT-py's recomputation of the attention keys at every target step, are not useful work.
@@ -112,6 +116,8 @@ class PeerBenchmarkArguments:
         "help": "Also train ours under bf16 autocast, measured separately (it pays on CPUs with AMX or AVX512-BF16)."})
     int8: bool = field(default=False, metadata={
         "help": "Also translate with each toolkit's dynamic int8 quantisation of its fp32 model, measured separately."})
+    onnx: bool = field(default=False, metadata={
+        "help": "Also translate with ours exported to ONNX (`hf-rnn-attn translate --backend onnx`), measured apart."})
 
 
 def hf_train_args(preset):
@@ -434,14 +440,28 @@ def train_ours(args, tokenizer_folder, folder, bf16=False):
             "target_tokens": metrics.get("train_target_tokens")}
 
 
-def translate_ours(args, data, folder, num_beams, int8=False):
-    name = f"beam{num_beams}{'.int8' if int8 else ''}"
+def onnx_key(key):
+    """Our measurement of an ONNX decoding: "1" -> "1 onnx", "5 int8" -> "5 onnx int8"."""
+    beams, *int8 = key.split()
+    return " ".join([beams, "onnx", *int8])
+
+
+def translate_ours(args, data, folder, num_beams, int8=False, onnx=False):
+    name = f"beam{num_beams}{'.onnx' if onnx else ''}{'.int8' if int8 else ''}"
     output = folder / f"test.{name}.txt"
-    run = run_measured([BIN / "hf-rnn-attn", "translate", "--model", folder / "model", "--input",
-                        data / "test.src.txt", "--output", output, "--batch_size", 64, "--num_beams", num_beams,
-                        "--max_new_tokens", args.max_length, "--device", "cpu", *(["--int8"] if int8 else [])],
+    backend = ["--backend", "onnx", "--threads", args.threads] if onnx else ["--device", "cpu"]
+    run = run_measured([BIN / "hf-rnn-attn", "translate", "--model", folder / ("onnx" if onnx else "model"),
+                        "--input", data / "test.src.txt", "--output", output, "--batch_size", 64, "--num_beams",
+                        num_beams, "--max_new_tokens", args.max_length, *backend, *(["--int8"] if int8 else [])],
                        folder / f"translate.{name}.log", {"OMP_NUM_THREADS": str(args.threads)})
     return run, output.read_text(encoding="utf-8").splitlines()
+
+
+def export_ours(args, folder):
+    """`hf-rnn-attn export` of the trained model (with its int8 graphs under --int8), for the ONNX decodings."""
+    return run_measured([BIN / "hf-rnn-attn", "export", "--model", folder / "model", "--output", folder / "onnx",
+                         *(["--int8"] if args.int8 else [])], folder / "export.log",
+                        {"OMP_NUM_THREADS": str(args.threads)})
 
 
 def benchmark_ours(args, data, tokenizer_folder, stats, out, bf16=False):
@@ -459,7 +479,12 @@ def benchmark_ours(args, data, tokenizer_folder, stats, out, bf16=False):
     train.update(parameters=parameters, shape=our_shape(RNNAttnConfig.from_pretrained(model_dir)), source_extra=1,
                  target_extra=1)
     decodes = [(key, beams, int8) for key, beams, int8 in decodes_to_time(args) if not (bf16 and int8)]
-    return train, {key: translate_ours(args, data, folder, beams, int8) for key, beams, int8 in decodes}
+    results = {key: translate_ours(args, data, folder, beams, int8) for key, beams, int8 in decodes}
+    if args.onnx and not bf16:
+        train["export_seconds"] = export_ours(args, folder)["wall_seconds"]
+        results.update({onnx_key(key): translate_ours(args, data, folder, beams, int8, onnx=True)
+                        for key, beams, int8 in decodes})
+    return train, results
 
 
 def _reused_training(args, folder, model_path):
@@ -503,10 +528,11 @@ def measure(name, run_toolkit, score, stats, peak_flops, out):
     return result
 
 
-def table_rows(args, theirs, ours, precision="fp32", int8=False):
+def table_rows(args, theirs, ours, precision="fp32", int8=False, onnx=False):
     """(metric, OpenNMT-py value, ours value, ratio) with the ratio > 1 where hf_rnn_attn does better.
 
-    Rows that only describe the run (`better=None`) get no ratio. With `int8`, only the rows of the int8 decodings.
+    Rows that only describe the run (`better=None`) get no ratio. With `int8`, only the rows of the int8 decodings;
+    with `onnx`, only decoding rows, ours from its ONNX decodings.
     """
 
     def get(result, *keys):
@@ -516,15 +542,15 @@ def table_rows(args, theirs, ours, precision="fp32", int8=False):
             result = result[key]
         return result
 
-    def row(label, keys, digits, better="higher"):
-        a, b = get(theirs, *keys), get(ours, *keys)
+    def row(label, keys, digits, better="higher", our_keys=None):
+        a, b = get(theirs, *keys), get(ours, *(our_keys or keys))
         ratio = None if better is None or not a or not b else (b / a if better == "higher" else a / b)
         cell = (lambda value: "-" if value is None else f"{value:,.{digits}f}")
         return [label, cell(a), cell(b), "-" if ratio is None else f"{ratio:.2f}"]
 
     estimated = " (ours estimated)" if get(ours, "train", "target_tokens_estimated") else ""
     peak = "fp32 matmul peak" if precision == "fp32" else f"matmul peak (ours: {precision}'s, OpenNMT-py: fp32's)"
-    rows = [] if int8 else [
+    rows = [] if int8 or onnx else [
         row("parameters (M)", ("train", "parameters_m"), 2, better=None),
         row(f"training: real target tokens in {args.train_steps} steps{estimated}", ("train", "target_tokens"), 0,
             better=None),
@@ -541,9 +567,12 @@ def table_rows(args, theirs, ours, precision="fp32", int8=False):
         if int8 != key.endswith("int8"):
             continue
         name = ("greedy" if beams == 1 else f"beam {beams}") + (" int8" if int8 else "")
-        rows += [row(f"{name}: sentences/s, process start included", ("decode", key, "sentences_per_second"), 1),
-                 row(f"{name}: output subwords per sentence", ("decode", key, "output_subwords"), 1, better=None),
-                 row(f"{name}: BLEU", ("decode", key, "bleu"), 2)]
+        ours_key = onnx_key(key) if onnx else key
+        rows += [row(f"{name}: sentences/s, process start included", ("decode", key, "sentences_per_second"), 1,
+                     our_keys=("decode", ours_key, "sentences_per_second")),
+                 row(f"{name}: output subwords per sentence", ("decode", key, "output_subwords"), 1, better=None,
+                     our_keys=("decode", ours_key, "output_subwords")),
+                 row(f"{name}: BLEU", ("decode", key, "bleu"), 2, our_keys=("decode", ours_key, "bleu"))]
     return rows
 
 
@@ -613,7 +642,16 @@ def main(argv=None):
     if args.int8:
         table += "\n\n" + markdown_table(table_rows(args, results["onmt"], results["ours"], int8=True),
                                           ours="hf_rnn_attn, decoded in int8", theirs="OpenNMT-py 3.0.4, -int8")
+    if args.onnx:
+        for int8 in (False, True)[:1 + args.int8]:
+            table += "\n\n" + markdown_table(
+                table_rows(args, results["onmt"], results["ours"], int8=int8, onnx=True),
+                ours=f"hf_rnn_attn --backend onnx{', int8 graphs' if int8 else ''}",
+                theirs=f"OpenNMT-py 3.0.4{', -int8' if int8 else ''}")
     notes = ["Ratios: rates and BLEU ours/theirs; seconds and memory theirs/ours."]
+    if args.onnx and results["ours"] is not None and "export_seconds" in results["ours"]["train"]:
+        notes.append(f"hf-rnn-attn export (once, before the ONNX decodings, not in their times): "
+                     f"{results['ours']['train']['export_seconds']:.1f} s.")
     for key, name, skipped in (("onmt", "OpenNMT-py", args.skip_onmt), ("ours", "hf_rnn_attn", args.skip_ours)):
         if skipped and results[key] is not None:
             notes.append(f"{name}: numbers from its earlier run of {results[key]['measured_at']} "

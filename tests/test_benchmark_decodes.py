@@ -1,5 +1,6 @@
 """The side-by-side benchmark's decoding runs: with --int8 each toolkit decodes with its own int8 option, into files
-of their own, and the int8 table compares int8 with int8 only; with --reuse, a training measured in an earlier run
+of their own, and the int8 table compares int8 with int8 only; with --onnx ours also decodes its ONNX export, in
+a table against OpenNMT-py's decodes of the same precision; with --reuse, a training measured in an earlier run
 keeps that run's matmul peak."""
 
 import json
@@ -64,6 +65,39 @@ def test_int8_table_compares_int8_decodes_and_the_fp32_table_does_not_show_them(
     fp32_rows = {row[0]: row[1:] for row in benchmark_peers.table_rows(args, theirs, ours)}
     assert fp32_rows["greedy: sentences/s, process start included"] == ["100.0", "150.0", "1.50"]
     assert not any("int8" in label for label in fp32_rows)
+
+
+def test_onnx_decodes_run_the_export_through_the_onnx_backend_into_files_of_their_own(monkeypatch, tmp_path):
+    commands = fake_runs(monkeypatch)
+    args = SimpleNamespace(max_length=200, threads=2)
+    for int8 in (False, True):
+        benchmark_peers.translate_ours(args, tmp_path, tmp_path, 5, int8=int8)
+        benchmark_peers.translate_ours(args, tmp_path, tmp_path, 5, int8=int8, onnx=True)
+    torch_fp32, onnx_fp32, _, onnx_int8 = commands
+    assert torch_fp32[torch_fp32.index("--model") + 1] == str(tmp_path / "model")
+    assert onnx_fp32 == [*torch_fp32[:torch_fp32.index("--model") + 1], str(tmp_path / "onnx"),
+                         *torch_fp32[torch_fp32.index("--model") + 2:torch_fp32.index("--output") + 1],
+                         str(tmp_path / "test.beam5.onnx.txt"),
+                         *torch_fp32[torch_fp32.index("--output") + 2:torch_fp32.index("--device")],
+                         "--backend", "onnx", "--threads", "2"]
+    assert onnx_int8 == [*onnx_fp32[:onnx_fp32.index("--output") + 1], str(tmp_path / "test.beam5.onnx.int8.txt"),
+                         *onnx_fp32[onnx_fp32.index("--output") + 2:], "--int8"]
+
+
+def test_the_onnx_tables_compare_our_onnx_decodes_with_theirs_of_the_same_precision():
+    args = SimpleNamespace(num_beams=[1, 5], int8=True, train_steps=10)
+    decode = {key: {"sentences_per_second": rate, "output_subwords": 30.0, "bleu": 10.0}
+              for key, rate in {"1": 100.0, "5": 40.0, "1 int8": 120.0, "5 int8": 50.0, "1 onnx": 250.0,
+                                "5 onnx": 60.0, "1 onnx int8": 360.0, "5 onnx int8": 125.0}.items()}
+    theirs = {"decode": {key: value for key, value in decode.items() if "onnx" not in key}, "train": {}}
+    ours = {"decode": decode, "train": {}}
+    fp32 = {row[0]: row[1:] for row in benchmark_peers.table_rows(args, theirs, ours, onnx=True)}
+    assert fp32["greedy: sentences/s, process start included"] == ["100.0", "250.0", "2.50"]
+    assert fp32["beam 5: sentences/s, process start included"] == ["40.0", "60.0", "1.50"]
+    assert not any("training" in label or "int8" in label for label in fp32)
+    int8 = {row[0]: row[1:] for row in benchmark_peers.table_rows(args, theirs, ours, int8=True, onnx=True)}
+    assert int8["greedy int8: sentences/s, process start included"] == ["120.0", "360.0", "3.00"]
+    assert int8["beam 5 int8: sentences/s, process start included"] == ["50.0", "125.0", "2.50"]
 
 
 def test_a_reused_training_keeps_the_matmul_peak_of_the_run_that_trained(monkeypatch, tmp_path):

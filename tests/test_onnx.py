@@ -332,3 +332,20 @@ def test_translating_with_the_runtime_imports_neither_torch_nor_transformers(tra
     translations, imported = result.stdout.splitlines()
     assert translations == repr(ONNXTranslator(folder / "onnx").translate(sentences[:3], max_new_tokens=12))
     assert imported == "[]"
+
+
+def test_the_onnx_command_imports_neither_torch_nor_transformers(trained, tmp_path):
+    """`hf-rnn-attn translate --backend onnx` runs in `hf_rnn_attn_runtime` alone (a start in a fraction of a
+    second), and writes what the torch backend writes."""
+    _, _, folder, sentences = trained
+    source = tmp_path / "source.txt"
+    source.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    assert run_translate(["--model", folder / "model"], source, tmp_path / "torch.txt") == 0
+    arguments = ["translate", "--backend", "onnx", "--model", str(folder / "onnx"), "--input", str(source),
+                 "--output", str(tmp_path / "onnx.txt"), "--max_new_tokens", "12", "--batch_size", "3"]
+    program = (f"import sys; from hf_rnn_attn_runtime.command_line import main; status = main({arguments!r}); "
+               f"print(status, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', "
+               f"'hf_rnn_attn')))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "0 []"
+    assert (tmp_path / "onnx.txt").read_text(encoding="utf-8") == (tmp_path / "torch.txt").read_text(encoding="utf-8")

@@ -28,6 +28,7 @@ from hf_rnn_attn.model_card import card_contents, card_template, render_model_ca
 from hf_rnn_attn.pipeline_translation import RNNAttnTranslationPipeline, translation_pipeline
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
+from hf_rnn_attn_runtime import command_line
 from tiny_models import COPY_WORDS, train_copy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -421,19 +422,22 @@ def test_cli_translate_stdin_to_stdout(saved, tmp_path):
 
 
 def test_console_script_freezes_the_imports_then_runs_the_command(monkeypatch):
-    """`hf-rnn-attn` is `console_main`: the imported objects frozen (a faster exit), then `main`, whose status
-    is the process's. The subprocess tests around this one run it through `python -m hf_rnn_attn.cli`."""
+    """`hf-rnn-attn` is `console_main`: the command's imports (torch and the model code unless it is `translate
+    --backend onnx`), the imported objects frozen (a faster exit), then the command, whose status is the
+    process's. The subprocess tests around this one run it through `python -m hf_rnn_attn.cli`."""
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    assert scripts["hf-rnn-attn"] == "hf_rnn_attn.cli:console_main"
-    frozen_when_main_ran = []
-    monkeypatch.setattr(cli, "main", lambda argv=None: frozen_when_main_ran.append(gc.get_freeze_count()) or 3)
+    assert scripts["hf-rnn-attn"] == "hf_rnn_attn_runtime.command_line:console_main"
+    frozen_when_run = []
+    monkeypatch.setattr(command_line, "run_command",
+                        lambda args: frozen_when_run.append((args.command, gc.get_freeze_count())) or 3)
+    monkeypatch.setattr(sys, "argv", ["hf-rnn-attn", "average", "--run_dir", "run", "--last", "2", "--output", "out"])
     try:
         with pytest.raises(SystemExit) as exited:
-            cli.console_main()
+            command_line.console_main()
     finally:
         gc.unfreeze()
     assert exited.value.code == 3
-    assert frozen_when_main_ran[0] > 0
+    assert frozen_when_run[0][0] == "average" and frozen_when_run[0][1] > 0
 
 
 def test_cli_translate_file_to_file(saved, tmp_path):
