@@ -228,8 +228,23 @@ def _export_graphs(model, encoder_path, decoder_path, metadata):
             torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=OPSET, input_names=input_names,
                               output_names=output_names,
                               dynamic_axes={name: axes[name] for name in (*input_names, *output_names)})
+    _add_top_k(decoder_path)
     for path, graph in ((encoder_path, "encoder"), (decoder_path, "decoder")):
         _add_metadata(path, {**metadata, "hf_rnn_attn_graph": graph})
+
+
+def _add_top_k(path):
+    """The decoder step's `top_k` input (int64, one value) and outputs `top_log_probs` and `top_tokens` (B x top_k,
+    largest first; of equal values the lower token first): a search that asks onnxruntime for these alone gets
+    2N log-probabilities per row instead of V, and needs no top-k of its own over them."""
+    graph = onnx.load(str(path))
+    graph.graph.input.append(onnx.helper.make_tensor_value_info("top_k", onnx.TensorProto.INT64, [1]))
+    graph.graph.node.append(onnx.helper.make_node("TopK", ["log_probs", "top_k"], ["top_log_probs", "top_tokens"],
+                                                  axis=-1, largest=1, sorted=1))
+    graph.graph.output.extend([
+        onnx.helper.make_tensor_value_info("top_log_probs", onnx.TensorProto.FLOAT, ["batch", "top_k"]),
+        onnx.helper.make_tensor_value_info("top_tokens", onnx.TensorProto.INT64, ["batch", "top_k"])])
+    onnx.save(graph, str(path))
 
 
 def _add_metadata(path, metadata):
@@ -256,9 +271,13 @@ def _check_graphs(model, encoder_path, decoder_path):
     for step in range(2):
         feeds = {"decoder_input_ids": decoder_input_ids[:, step:step + 1].numpy(), "keys": outputs["keys"],
                  "projected_keys": outputs["projected_keys"], "attention_mask": attention_mask.numpy(),
-                 **{name: outputs[name] for name in state_names}}
-        log_probs, _, *new_state = decoder.run(None, feeds)
+                 "top_k": np.array([3]), **{name: outputs[name] for name in state_names}}
+        log_probs, _, *new_state, top_log_probs, top_tokens = decoder.run(None, feeds)
         outputs.update(zip(state_names, new_state))
+        if not (np.array_equal(top_log_probs, np.take_along_axis(log_probs, top_tokens, axis=1))
+                and np.array_equal(top_log_probs, -np.sort(-log_probs, axis=1)[:, :3])):
+            raise RuntimeError(f"The exported decoder's top-k outputs are not the top 3 of its log-probabilities "
+                               f"at decoder step {step + 1}.")
         difference = float(np.abs(log_probs - expected[:, step].numpy()).max())
         if not difference <= TOLERANCE:
             raise RuntimeError(f"The exported graphs disagree with the model at decoder step {step + 1} "

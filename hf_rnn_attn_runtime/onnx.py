@@ -24,7 +24,7 @@ import onnxruntime
 from .export_folder import ExportedTokenizer, GenerationSettings, read_config
 
 # Bumped whenever the graphs' inputs, outputs or meaning change: a runner refuses graphs of another format.
-EXPORT_FORMAT = "1"
+EXPORT_FORMAT = "2"  # 2: the decoder step also gives its top-k tokens (`top_k` input)
 GRAPH_FILES = {False: ("encoder.onnx", "decoder.onnx"), True: ("encoder.int8.onnx", "decoder.int8.onnx")}
 # The decoder graph's inputs besides the recurrent state (whose names are those of the encoder's other outputs).
 MEMORY_NAMES = ("keys", "projected_keys", "attention_mask")
@@ -100,6 +100,7 @@ class ONNXTranslator:
                                       for name in names)
         self._check_graphs(folder, names)
         self.state_names = [node.name for node in self.encoder.get_outputs() if node.name not in MEMORY_NAMES]
+        self._new_state_names = [f"new_{name}" for name in self.state_names]  # the decoder's outputs
 
     def _check_graphs(self, folder, names):
         """The graphs must come from one export of this config, in this runner's format."""
@@ -234,10 +235,14 @@ class ONNXTranslator:
         return {"keys": rows["keys"], "projected_keys": rows["projected_keys"], "attention_mask": attention_mask,
                 **{name: rows[name] for name in self.state_names}}
 
-    def _step(self, tokens, memory, state):
-        """One decoder step for R rows: log-probabilities of the next token (R x V) and the new state."""
-        outputs = self.decoder.run(None, {"decoder_input_ids": tokens[:, None], **memory, **state})
-        return outputs[0], dict(zip(self.state_names, outputs[2:]))
+    def _step(self, tokens, memory, state, top_k):
+        """One decoder step for R rows: the `top_k` largest log-probabilities of the next token and their tokens
+        (R x top_k each, largest first; of equal ones the lower token first, as `torch.topk` and `argmax`), and the
+        new state. Only these leave onnxruntime, not the R x V log-probabilities."""
+        outputs = self.decoder.run(["top_log_probs", "top_tokens", *self._new_state_names],
+                                   {"decoder_input_ids": tokens[:, None], "top_k": np.array([top_k]), **memory,
+                                    **state})
+        return outputs[0], outputs[1], dict(zip(self.state_names, outputs[2:]))
 
     def _greedy_search(self, input_ids, attention_mask, max_length, eos, max_active_rows):
         """`generate()`'s greedy search: argmax until EOS or max_length; ended rows are padded.
@@ -271,12 +276,12 @@ class ONNXTranslator:
             if not active.size:
                 return ONNXGeneration(sequences[:, :int(lengths.max())], scores)
             memory = {name: rows[name] for name in MEMORY_NAMES}
-            log_probs, state = self._step(sequences[active, lengths[active] - 1], memory,
-                                          {name: rows[name] for name in self.state_names})
+            top_log_probs, top_tokens, state = self._step(sequences[active, lengths[active] - 1], memory,
+                                                          {name: rows[name] for name in self.state_names}, 1)
             rows.update(state)
-            tokens = log_probs.argmax(axis=-1)
+            tokens = top_tokens[:, 0]
             sequences[active, lengths[active]] = tokens
-            scores[active] += log_probs[np.arange(active.size), tokens]
+            scores[active] += top_log_probs[:, 0]
             lengths[active] += 1
             done = np.isin(tokens, eos) | (lengths[active] >= max_length)
             if done.any():
@@ -314,13 +319,14 @@ class ONNXTranslator:
         cur_len = prompt_len
         while True:
             count = active.size
-            log_probs, state = self._step(tokens, memory, state)
-            vocab_size = log_probs.shape[-1]
-            candidates = (log_probs.reshape(count, num_beams, vocab_size)
-                          + running_scores[active][:, :, None]).reshape(count, -1)  # A x (N x V)
+            # Each of a sentence's 2N best continuations is among the 2N best of its own beam (a beam's running
+            # score adds to all its tokens alike), in the order of their index in the N x V log-probabilities.
+            top_log_probs, top_tokens, state = self._step(tokens, memory, state, beams_to_keep)
+            candidates = (top_log_probs.reshape(count, num_beams, beams_to_keep)
+                          + running_scores[active][:, :, None]).reshape(count, -1)  # A x (N x 2N)
             top = _top_k(candidates, beams_to_keep)  # A x 2N
             topk_scores = np.take_along_axis(candidates, top, axis=1)
-            beam, token = top // vocab_size, top % vocab_size
+            beam, token = top // beams_to_keep, np.take_along_axis(top_tokens.reshape(count, -1), top, axis=1)
             topk_sequences = np.take_along_axis(running_sequences[active], beam[:, :, None], axis=1)
             topk_sequences[:, :, cur_len] = token
             topk_lengths = np.take_along_axis(running_lengths[active], beam, axis=1) + 1
