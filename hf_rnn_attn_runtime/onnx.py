@@ -136,7 +136,7 @@ class ONNXTranslator:
     def __call__(self, texts, batch_size=32, max_source_length=None, truncation=None, return_attention=False,
                  **generate_kwargs):
         """Records as `RNNAttnTranslationPipeline` returns them for a list: one list of `{"translation_text"}` per
-        text (one record per returned sequence). Texts are translated in batches of similar length; blank texts
+        text (one record per returned sequence). Texts are translated longest first, `batch_size` at a time; blank texts
         give "" without reaching the model. `generate_kwargs` as for `generate`; without a length set there or in
         the generation config, translations stop after 256 new tokens, as the pipeline's do."""
         if self.tokenizer is None:
@@ -157,21 +157,17 @@ class ONNXTranslator:
         encoded = self.tokenizer([texts[i] for i in todo], truncation=truncation, max_length=max_source_length)
         ids = dict(zip(todo, encoded["input_ids"]))
         todo.sort(key=lambda i: len(ids[i]), reverse=True)  # similar lengths: little padding, similar ends
-        # Greedy search takes every text in one call, `batch_size` decoding at a time (refilled as they end).
-        greedy = (generate_kwargs.get("num_beams") or self.generation_config.num_beams) == 1
-        group = len(todo) if greedy else batch_size
-        for start in range(0, len(todo), group):
-            batch = todo[start:start + group]
-            input_ids = np.full((len(batch), len(ids[batch[0]])), self.config.pad_token_id, dtype=np.int64)
-            attention_mask = np.zeros_like(input_ids)
-            for row, i in enumerate(batch):
-                input_ids[row, :len(ids[i])] = ids[i]
-                attention_mask[row, :len(ids[i])] = 1
-            output = self.generate(input_ids, attention_mask, max_active_rows=batch_size if greedy else None,
-                                   **generate_kwargs)
-            texts_out = self.tokenizer.batch_decode(output.sequences)
-            for row, i in enumerate(batch):
-                results[i] = [{"translation_text": text} for text in texts_out[row * count:(row + 1) * count]]
+        # Every text in one call, longest first, `batch_size` decoding at a time (refilled as they end).
+        num_beams = generate_kwargs.get("num_beams") or self.generation_config.num_beams
+        input_ids = np.full((len(todo), len(ids[todo[0]])), self.config.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros_like(input_ids)
+        for row, i in enumerate(todo):
+            input_ids[row, :len(ids[i])] = ids[i]
+            attention_mask[row, :len(ids[i])] = 1
+        output = self.generate(input_ids, attention_mask, max_active_rows=batch_size * num_beams, **generate_kwargs)
+        texts_out = self.tokenizer.batch_decode(output.sequences)
+        for row, i in enumerate(todo):
+            results[i] = [{"translation_text": text} for text in texts_out[row * count:(row + 1) * count]]
         return results
 
     # -------------------------------------------------------------------------------------------- search
@@ -182,8 +178,9 @@ class ONNXTranslator:
         same arguments: unset ones come from the export's generation config (`max_length` 20 when nothing sets a
         length). Returns an `ONNXGeneration`.
 
-        `max_active_rows` (greedy search): at most that many sentences decode at once, and each that ends gives its
-        row to the next one, as `model.generate(max_active_rows=...)` does: the same tokens and scores.
+        `max_active_rows`: at most that many rows decode at once (beam search: `max_active_rows // num_beams`
+        sentences, at least one); in greedy search sentences that end give their rows to waiting ones, as
+        `model.generate(max_active_rows=...)` does. The same tokens and scores whatever it is.
         """
         settings = self.generation_config
         input_ids = np.asarray(input_ids, dtype=np.int64)
@@ -202,16 +199,13 @@ class ONNXTranslator:
         max_length = 1 + max_new_tokens if max_new_tokens is not None else max_length
         eos = settings.eos_token_id
         eos = np.array([] if eos is None else np.atleast_1d(eos), dtype=np.int64)
+        max_active_rows = max_active_rows or input_ids.shape[0] * num_beams
         if num_beams == 1:
-            return self._greedy_search(input_ids, attention_mask, max_length, eos,
-                                       max_active_rows or input_ids.shape[0])
-        rows = {name: np.repeat(value, num_beams, axis=0)
-                for name, value in self._encode(input_ids, attention_mask).items()}
-        return self._beam_search({name: rows[name] for name in MEMORY_NAMES},
-                                 {name: rows[name] for name in self.state_names},
-                                 num_beams, max_length, eos, num_return_sequences,
+            return self._greedy_search(input_ids, attention_mask, max_length, eos, max_active_rows)
+        return self._beam_search(input_ids, attention_mask, num_beams, max_length, eos, num_return_sequences,
                                  settings.length_penalty if length_penalty is None else length_penalty,
-                                 settings.early_stopping if early_stopping is None else early_stopping)
+                                 settings.early_stopping if early_stopping is None else early_stopping,
+                                 max_active_rows)
 
     def _check_source(self, input_ids, attention_mask):
         """The model's own checks (`check_source_mask`): a graph would run on bad input and return garbage."""
@@ -247,10 +241,10 @@ class ONNXTranslator:
     def _greedy_search(self, input_ids, attention_mask, max_length, eos, max_active_rows):
         """`generate()`'s greedy search: argmax until EOS or max_length; ended rows are padded.
 
-        At most `max_active_rows` sentences decode at once; a sentence that ends leaves, and the next waiting ones
-        take the free rows (encoded `max_active_rows` at a time, when they are needed), as in
-        `lean_decoding.greedy_search`: batches of a fixed set would run as long as their longest translation, the
-        last steps with a few rows, which cost almost as much as full ones.
+        At most `max_active_rows` sentences decode at once; a sentence that ends leaves, and once half the rows are
+        free the next waiting sentences take them (`_WaitingSentences`), as in `lean_decoding.greedy_search`:
+        batches of a fixed set would run as long as their longest translation, the last steps with a few rows,
+        which cost almost as much as full ones.
         """
         config = self.config
         batch_size = input_ids.shape[0]
@@ -260,24 +254,14 @@ class ONNXTranslator:
         scores = np.zeros(batch_size, dtype=np.float32)
         if max_length <= 1:
             return ONNXGeneration(sequences[:, :1], scores)
+        waiting = _WaitingSentences(self, input_ids, attention_mask, max_active_rows, join_at=max_active_rows // 2)
         active, rows = np.arange(0), None  # the sentence of each row, and the rows' decoder inputs
-        waiting, encoded, next_sentence = np.arange(0), None, 0  # encoded sentences yet to join, and their inputs
         while True:
-            while active.size < max_active_rows and (waiting.size or next_sentence < batch_size):
-                if not waiting.size:
-                    waiting = np.arange(next_sentence, min(batch_size, next_sentence + max_active_rows))
-                    next_sentence = waiting[-1] + 1
-                    width = int(attention_mask[waiting].sum(axis=1).max())
-                    encoded = self._encode(input_ids[waiting, :width], attention_mask[waiting, :width])
-                joining = min(max_active_rows - active.size, waiting.size)
-                rows = _join_rows(rows, {name: value[:joining] for name, value in encoded.items()})
-                active = np.concatenate([active, waiting[:joining]])
-                waiting, encoded = waiting[joining:], {name: value[joining:] for name, value in encoded.items()}
+            active, rows = waiting.join(active, rows, max_active_rows)
             if not active.size:
                 return ONNXGeneration(sequences[:, :int(lengths.max())], scores)
-            memory = {name: rows[name] for name in MEMORY_NAMES}
-            top_log_probs, top_tokens, state = self._step(sequences[active, lengths[active] - 1], memory,
-                                                          {name: rows[name] for name in self.state_names}, 1)
+            top_log_probs, top_tokens, state = self._step(sequences[active, lengths[active] - 1],
+                                                          _pick(rows, MEMORY_NAMES), _pick(rows, self.state_names), 1)
             rows.update(state)
             tokens = top_tokens[:, 0]
             sequences[active, lengths[active]] = tokens
@@ -290,19 +274,24 @@ class ONNXTranslator:
                 if active.size:  # the sources still read, without the columns only ended ones had
                     rows = _fit_source(rows, int(rows["attention_mask"].sum(axis=1).max()))
 
-    def _beam_search(self, memory, state, num_beams, max_length, eos, num_return_sequences, length_penalty,
-                     early_stopping):
+    def _beam_search(self, input_ids, attention_mask, num_beams, max_length, eos, num_return_sequences,
+                     length_penalty, early_stopping, max_active_rows):
         """`generate()`'s beam search (transformers' `_beam_search` and its helpers), on the open sentences.
 
-        `memory` and `state` hold B x N rows, beam n of sentence b in row b x N + n.
+        Each sentence has N rows, beam n in its n-th; blocks of `max_active_rows // N` sentences (at least one)
+        decode one after the other, and a sentence whose result can no longer change leaves its block (joining
+        sentences into a running block measured slower, see `_WaitingSentences`). Every step is written per
+        sentence, each at its own length (`lean_decoding.beam_search`, in numpy).
         """
         config = self.config
-        rows, prompt_len = memory["keys"].shape[0], 1
-        batch_size = rows // num_beams
+        batch_size, prompt_len = input_ids.shape[0], 1
         beams_to_keep = max(2, 1 + eos.size) * num_beams  # enough candidates to keep N beams that have not ended
         top_num_beams = np.arange(beams_to_keep) < num_beams
+        # n ** length_penalty for n new tokens, as transformers computes it (a Python float, used in float32).
+        penalties = np.array([1.0] + [n ** length_penalty for n in range(1, max_length + 1)], dtype=np.float32)
         pad = config.pad_token_id
         fill = (pad if pad else eos[0]) if eos.size else -1  # transformers' `pad_token_id or eos_token_id[0]`
+        # Per sentence: its N running beams and N best finished hypotheses (B x N x ...), and its length (B).
         running_sequences = np.full((batch_size, num_beams, max_length), fill, dtype=np.int64)
         running_sequences[:, :, 0] = config.decoder_start_token_id
         sequences = running_sequences.copy()
@@ -310,75 +299,130 @@ class ONNXTranslator:
         running_scores[:, 1:] = NEG_INF  # all beams start equal: only the first one's continuations count
         scores = np.full((batch_size, num_beams), NEG_INF, dtype=np.float32)
         finished = np.zeros((batch_size, num_beams), dtype=bool)
-        open_sentence = np.ones((batch_size, 1), dtype=bool)  # its best running beam may still beat a finished one
-        running_lengths = np.zeros((batch_size, num_beams), dtype=np.int64)  # generated tokens per hypothesis
-        lengths = running_lengths.copy()
+        finished_lengths = np.full((batch_size, num_beams), prompt_len)
+        lengths = np.full(batch_size, prompt_len)
 
-        active = np.arange(batch_size)
-        tokens = running_sequences[:, :, 0].reshape(-1)
-        cur_len = prompt_len
+        max_sentences = max(1, max_active_rows // num_beams)
+        waiting = _WaitingSentences(self, input_ids, attention_mask, max_sentences, rows_per_sentence=num_beams)
+        active, rows = np.arange(0), None  # the sentence of each group of N rows, and the rows' decoder inputs
         while True:
-            count = active.size
+            active, rows = waiting.join(active, rows, max_sentences)
+            if not active.size:
+                break
+            count, length = active.size, lengths[active]
+            tokens = running_sequences[active[:, None], np.arange(num_beams), (length - 1)[:, None]].reshape(-1)
             # Each of a sentence's 2N best continuations is among the 2N best of its own beam (a beam's running
             # score adds to all its tokens alike), in the order of their index in the N x V log-probabilities.
-            top_log_probs, top_tokens, state = self._step(tokens, memory, state, beams_to_keep)
+            top_log_probs, top_tokens, state = self._step(tokens, _pick(rows, MEMORY_NAMES),
+                                                          _pick(rows, self.state_names), beams_to_keep)
+            rows.update(state)
             candidates = (top_log_probs.reshape(count, num_beams, beams_to_keep)
                           + running_scores[active][:, :, None]).reshape(count, -1)  # A x (N x 2N)
             top = _top_k(candidates, beams_to_keep)  # A x 2N
             topk_scores = np.take_along_axis(candidates, top, axis=1)
-            beam, token = top // beams_to_keep, np.take_along_axis(top_tokens.reshape(count, -1), top, axis=1)
-            topk_sequences = np.take_along_axis(running_sequences[active], beam[:, :, None], axis=1)
-            topk_sequences[:, :, cur_len] = token
-            topk_lengths = np.take_along_axis(running_lengths[active], beam, axis=1) + 1
-            topk_rows = beam + np.arange(count)[:, None] * num_beams  # the row each candidate continues
-            hits_stop = np.isin(token, eos) | (cur_len + 1 >= max_length)
+            parents = top // beams_to_keep
+            topk_tokens = np.take_along_axis(top_tokens.reshape(count, -1), top, axis=1)
+            width = int(length.max()) + 1  # the positions any active sentence has written, and the new one
+            topk_sequences = np.take_along_axis(running_sequences[active, :, :width], parents[:, :, None], axis=1)
+            np.put_along_axis(topk_sequences, np.broadcast_to(length[:, None, None], (count, beams_to_keep, 1)),
+                              topk_tokens[:, :, None], axis=2)
+            hits_stop = np.isin(topk_tokens, eos) | (length + 1 >= max_length)[:, None]
 
             # The N best candidates that have not ended continue.
             running_candidates = topk_scores + hits_stop.astype(np.float32) * NEG_INF
             keep = _top_k(running_candidates, num_beams)
-            running_sequences[active] = np.take_along_axis(topk_sequences, keep[:, :, None], axis=1)
-            running_scores[active] = np.take_along_axis(running_candidates, keep, axis=1)
-            running_lengths[active] = np.take_along_axis(topk_lengths, keep, axis=1)
-            beam_rows = np.take_along_axis(topk_rows, keep, axis=1).reshape(-1)
+            running_sequences[active, :, :width] = np.take_along_axis(topk_sequences, keep[:, :, None], axis=1)
+            new_running_scores = np.take_along_axis(running_candidates, keep, axis=1)
+            running_scores[active] = new_running_scores
 
             # Ended candidates among the N best join the finished hypotheses if they beat them. (transformers also
-            # bars closed sentences here; those have left the batch.)
+            # bars closed sentences here; those have left.)
             just_finished = hits_stop & top_num_beams[None, :]
-            finished_scores = topk_scores / np.float32((cur_len + 1 - prompt_len) ** length_penalty)
+            finished_scores = topk_scores / penalties[length + 1 - prompt_len][:, None]
             finished_scores = finished_scores + (~just_finished).astype(np.float32) * NEG_INF
             merged_scores = np.concatenate([scores[active], finished_scores], axis=1)
             best = _top_k(merged_scores, num_beams)
-            scores[active] = np.take_along_axis(merged_scores, best, axis=1)
-            sequences[active] = np.take_along_axis(np.concatenate([sequences[active], topk_sequences], axis=1),
-                                                   best[:, :, None], axis=1)
-            lengths[active] = np.take_along_axis(np.concatenate([lengths[active], topk_lengths], axis=1), best, axis=1)
-            finished[active] = np.take_along_axis(np.concatenate([finished[active], just_finished], axis=1), best,
-                                                  axis=1)
+            new_scores = np.take_along_axis(merged_scores, best, axis=1)
+            new_finished = np.take_along_axis(np.concatenate([finished[active], just_finished], axis=1), best, axis=1)
+            sequences[active, :, :width] = np.take_along_axis(
+                np.concatenate([sequences[active, :, :width], topk_sequences], axis=1), best[:, :, None], axis=1)
+            finished_lengths[active] = np.take_along_axis(
+                np.concatenate([finished_lengths[active], np.broadcast_to((length + 1)[:, None], hits_stop.shape)],
+                               axis=1), best, axis=1)
+            scores[active], finished[active] = new_scores, new_finished
 
-            state = _take(state, beam_rows)
-            cur_len += 1
-            open_sentence[active] = _early_stop_heuristic_unsatisfied(
-                open_sentence[active], running_scores[active], scores[active], finished[active], cur_len, max_length,
-                prompt_len, early_stopping, length_penalty)
-            still_open = open_sentence[active, 0] & ~hits_stop.all(axis=1)
+            # The surviving beams' states (a sentence's rows share its source: the memory needs no reordering).
+            first_rows = np.arange(count)[:, None] * num_beams  # each sentence's first row
+            rows.update(_take(_pick(rows, self.state_names),
+                              (first_rows + np.take_along_axis(parents, keep, axis=1)).reshape(-1)))
+            length = length + 1
+            lengths[active] = length
+            # transformers' `_check_early_stop_heuristic`: can the best running beam still beat the worst finished?
+            if early_stopping == "never" and length_penalty > 0.0:
+                best_running = new_running_scores[:, :1] / penalties[max_length - prompt_len]
+            else:
+                best_running = new_running_scores[:, :1] / penalties[length - prompt_len][:, None]
+            worst_finished = np.where(new_finished, new_scores.min(axis=1, keepdims=True), NEG_INF)
+            still_open = (best_running > worst_finished).any(axis=1) & ~hits_stop.all(axis=1)
             if early_stopping is True:
-                still_open &= ~finished[active].all(axis=1)
-            if not still_open.any():
-                break
-            tokens = running_sequences[active, :, cur_len - 1].reshape(-1)
+                still_open &= ~new_finished.all(axis=1)
             if not still_open.all():
                 kept = np.flatnonzero(still_open)
-                kept_rows = (kept[:, None] * num_beams + np.arange(num_beams)).reshape(-1)
-                memory, state = _take(memory, kept_rows), _take(state, kept_rows)
-                active, tokens = active[kept], tokens[kept_rows]
+                rows = _take(rows, (kept[:, None] * num_beams + np.arange(num_beams)).reshape(-1))
+                active = active[kept]
+                if active.size:  # the sources still read, without the columns only closed sentences had
+                    rows = _fit_source(rows, int(rows["attention_mask"].sum(axis=1).max()))
 
         sequences = sequences[:, :num_return_sequences].reshape(batch_size * num_return_sequences, max_length)
-        longest = prompt_len + int(lengths[:, :num_return_sequences].max())
+        longest = int(finished_lengths[:, :num_return_sequences].max())
         return ONNXGeneration(sequences[:, :longest], scores[:, :num_return_sequences].reshape(-1))
+
+
+class _WaitingSentences:
+    """The sentences of a search that have not started: encoded `block` at a time, when they are needed, each
+    joining as `rows_per_sentence` rows (its beams) of the decoder's inputs once at most `join_at` sentences
+    are still decoding.
+
+    Not at every free row as in `lean_decoding`: numpy copies every row's keys to add rows (each beam holds its
+    own copy here), and a joining sentence decodes at the source width of the longest one still decoding. On the
+    1,000 test verses of the benchmark (64 sentences at a time, 2-core Xeon, in-process): greedy 3.6 s joining at
+    half the rows, 3.8 s at every free row, 4.3 s in blocks one after the other (`join_at=0`); beam 5 16.4-16.6 s,
+    20.4 s and 15.3-15.7 s. So greedy search joins at half, beam search in blocks.
+    """
+
+    def __init__(self, translator, input_ids, attention_mask, block, rows_per_sentence=1, join_at=0):
+        self.translator, self.input_ids, self.attention_mask = translator, input_ids, attention_mask
+        self.block, self.rows_per_sentence, self.join_at = block, rows_per_sentence, join_at
+        self.sentences, self.encoded, self.next_sentence = np.arange(0), None, 0
+
+    def join(self, active, rows, max_sentences):
+        """`active` (the sentence of each group of rows) and `rows`, with waiting sentences added up to
+        `max_sentences`, their rows after the others, on the wider source."""
+        if active.size > self.join_at:
+            return active, rows
+        while active.size < max_sentences and (self.sentences.size or self.next_sentence < len(self.input_ids)):
+            if not self.sentences.size:
+                self.sentences = np.arange(self.next_sentence,
+                                           min(len(self.input_ids), self.next_sentence + self.block))
+                self.next_sentence = self.sentences[-1] + 1
+                width = int(self.attention_mask[self.sentences].sum(axis=1).max())
+                self.encoded = self.translator._encode(self.input_ids[self.sentences, :width],
+                                                       self.attention_mask[self.sentences, :width])
+            count = min(max_sentences - active.size, self.sentences.size)
+            joining = {name: np.repeat(value[:count], self.rows_per_sentence, axis=0)
+                       for name, value in self.encoded.items()}
+            rows = _join_rows(rows, joining)
+            active = np.concatenate([active, self.sentences[:count]])
+            self.sentences, self.encoded = self.sentences[count:], _take(self.encoded, slice(count, None))
+        return active, rows
 
 
 def _take(arrays, rows):
     return {name: value[rows] for name, value in arrays.items()}
+
+
+def _pick(arrays, names):
+    return {name: arrays[name] for name in names}
 
 
 def _fit_source(rows, width):
@@ -407,15 +451,3 @@ def _top_k(values, k):
         np.broadcast_to(np.arange(values.shape[1]), values.shape)
     order = np.lexsort((part, -np.take_along_axis(values, part, axis=1)), axis=1)
     return np.take_along_axis(part, order, axis=1)
-
-
-def _early_stop_heuristic_unsatisfied(unsatisfied, running_scores, scores, finished, cur_len, max_length, prompt_len,
-                                      early_stopping, length_penalty):
-    """transformers' `_check_early_stop_heuristic`: can the best running beam still beat the worst finished one?"""
-    if early_stopping == "never" and length_penalty > 0.0:
-        best_length = max_length - prompt_len
-    else:
-        best_length = cur_len - prompt_len
-    best_possible = running_scores[:, :1] / np.float32(best_length ** length_penalty)
-    worst_finished = np.where(finished, scores.min(axis=1, keepdims=True), NEG_INF)
-    return unsatisfied & (best_possible > worst_finished).any(axis=-1, keepdims=True)

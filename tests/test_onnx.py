@@ -70,14 +70,17 @@ def test_greedy_search_equals_generate(variant, max_active_rows, exported):
     np.testing.assert_allclose(output.scores, log_probs.numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("max_active_rows", [None, 10])
 @pytest.mark.parametrize("variant", EXPORTABLE)
-def test_beam_search_equals_generate(variant, exported):
+def test_beam_search_equals_generate(variant, max_active_rows, exported):
+    """With `max_active_rows=10` the four sentences decode two at a time."""
     model, translator = exported(variant)
     input_ids, attention_mask = source_batch(**BATCH)
     settings = {"num_beams": 5, "num_return_sequences": 5, "max_new_tokens": 15}  # all beams, not only the best
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
                               return_dict_in_generate=True)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings)
+    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings,
+                                 max_active_rows=max_active_rows)
     np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
     np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-4, rtol=0)
 
@@ -88,14 +91,17 @@ def test_beam_search_equals_generate(variant, exported):
     {"length_penalty": 2.0, "num_return_sequences": 4},
     {"max_new_tokens": 3},
 ])
-def test_beam_search_rules_equal_generate(settings, exported):
-    """Length penalty, the three early-stopping rules, several returned sequences, and the length limit."""
+@pytest.mark.parametrize("max_active_rows", [None, 4])
+def test_beam_search_rules_equal_generate(settings, max_active_rows, exported):
+    """Length penalty, the three early-stopping rules, several returned sequences, and the length limit; all
+    sentences at once, and one at a time (`max_active_rows=4`, the beams of one)."""
     model, translator = exported("lstm-input-feeding-bidirectional")
     input_ids, attention_mask = source_batch(**BATCH)
     settings = {"num_beams": 4, "max_new_tokens": 12, **settings}
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
                               return_dict_in_generate=True)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings)
+    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings,
+                                 max_active_rows=max_active_rows)
     np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
     np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-4, rtol=0)
 
