@@ -1,6 +1,6 @@
 """Translation on onnxruntime: greedy and beam search over the graphs that `hf_rnn_attn.onnx_export` writes.
 
-    from hf_rnn_attn.onnx import ONNXTranslator
+    from hf_rnn_attn_runtime import ONNXTranslator
     translator = ONNXTranslator("runs/bigru-bahdanau/onnx")              # int8=True for the quantised graphs
     translator.translate(["En el principio creó Dios los cielos y la tierra."], num_beams=5)
     hf-rnn-attn translate --backend onnx --model runs/bigru-bahdanau/onnx < source.txt
@@ -9,7 +9,7 @@ The search is transformers' `generate()` rewritten in numpy (this package import
 greedy takes the argmax until EOS or `max_length`; beam search keeps `num_beams` hypotheses and applies the same
 top-k continuations, finished-hypothesis updates, length penalty, `early_stopping` rules (False, True, "never") and
 output padding, so that both return the tokens `generate()` returns. As in `lean_decoding`, a sentence leaves the
-batch once its result can no longer change.
+batch once its result can no longer change. The decoder graph hands back only each row's top-k log-probabilities.
 
 Shapes: B sentences, N beams, R rows (B, or B x N in beam search), S source length, V vocabulary, M max_length.
 """
