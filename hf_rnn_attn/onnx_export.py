@@ -50,9 +50,10 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from hf_rnn_attn_runtime.onnx import EXPORT_FORMAT, GRAPH_FILES, MEMORY_NAMES, architecture
+
 from .attention import AdditiveScore
 from .hub import check_model_folder
-from hf_rnn_attn_runtime.onnx import EXPORT_FORMAT, GRAPH_FILES, MEMORY_NAMES, architecture
 
 OPSET = 17
 TOLERANCE = 1e-4  # largest difference of log-probabilities between an exported graph and the model

@@ -3,7 +3,7 @@ the model's config, its generation settings and its tokenizer (`tokenizer.json`,
 that transformers' fast tokenizers wrap)."""
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,7 +36,7 @@ class GenerationSettings:
     length_penalty: float
     early_stopping: bool | str
     eos_token_id: int | list | None
-    sets_length: bool = field(default=False)
+    sets_length: bool = False
 
     @classmethod
     def from_folder(cls, folder, config):

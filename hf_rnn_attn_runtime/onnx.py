@@ -136,9 +136,9 @@ class ONNXTranslator:
     def __call__(self, texts, batch_size=32, max_source_length=None, truncation=None, return_attention=False,
                  **generate_kwargs):
         """Records as `RNNAttnTranslationPipeline` returns them for a list: one list of `{"translation_text"}` per
-        text (one record per returned sequence). Texts are translated longest first, `batch_size` at a time; blank texts
-        give "" without reaching the model. `generate_kwargs` as for `generate`; without a length set there or in
-        the generation config, translations stop after 256 new tokens, as the pipeline's do."""
+        text (one record per returned sequence). Texts are translated longest first, `batch_size` at a time; blank
+        texts give "" without reaching the model. `generate_kwargs` as for `generate`; without a length set there or
+        in the generation config, translations stop after 256 new tokens, as the pipeline's do."""
         if self.tokenizer is None:
             raise ValueError("This ONNX export has no tokenizer.json; export with a (fast) tokenizer "
                              "(`export_onnx(..., tokenizer=)`), or call `generate` with token ids.")
