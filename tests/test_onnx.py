@@ -43,24 +43,28 @@ def lively_model(variant, **overrides):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """variant -> (model, ONNXTranslator), each exported once."""
-    cache = {}
+    """(variant, threads) -> (model, ONNXTranslator), each variant exported once."""
+    folders, cache = {}, {}
 
-    def get(variant):
-        if variant not in cache:
-            model = lively_model(variant)
-            folder = tmp_path_factory.mktemp(variant)
-            export_onnx(model, folder)
-            cache[variant] = model, ONNXTranslator(folder)
-        return cache[variant]
+    def get(variant, threads=1):
+        if variant not in folders:
+            folders[variant] = lively_model(variant), tmp_path_factory.mktemp(variant)
+            export_onnx(*folders[variant])
+        if (variant, threads) not in cache:
+            model, folder = folders[variant]
+            cache[variant, threads] = model, ONNXTranslator(folder, threads=threads)
+        return cache[variant, threads]
     return get
 
 
+# With 3 threads the four sentences go to three searches side by side (two, one and one sentences), or to two
+# where `max_active_rows` lets only two sentences decode at once.
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("max_active_rows", [None, 2])
 @pytest.mark.parametrize("variant", EXPORTABLE)
-def test_greedy_search_equals_generate(variant, max_active_rows, exported):
+def test_greedy_search_equals_generate(variant, max_active_rows, threads, exported):
     """With `max_active_rows=2` the four sentences decode two at a time, each that ends replaced by the next."""
-    model, translator = exported(variant)
+    model, translator = exported(variant, threads)
     input_ids, attention_mask = source_batch(**BATCH)
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=15)
     output = translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15,
@@ -70,11 +74,12 @@ def test_greedy_search_equals_generate(variant, max_active_rows, exported):
     np.testing.assert_allclose(output.scores, log_probs.numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("max_active_rows", [None, 10])
 @pytest.mark.parametrize("variant", EXPORTABLE)
-def test_beam_search_equals_generate(variant, max_active_rows, exported):
+def test_beam_search_equals_generate(variant, max_active_rows, threads, exported):
     """With `max_active_rows=10` the four sentences decode two at a time."""
-    model, translator = exported(variant)
+    model, translator = exported(variant, threads)
     input_ids, attention_mask = source_batch(**BATCH)
     settings = {"num_beams": 5, "num_return_sequences": 5, "max_new_tokens": 15}  # all beams, not only the best
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
@@ -94,8 +99,8 @@ def test_beam_search_equals_generate(variant, max_active_rows, exported):
 @pytest.mark.parametrize("max_active_rows", [None, 4])
 def test_beam_search_rules_equal_generate(settings, max_active_rows, exported):
     """Length penalty, the three early-stopping rules, several returned sequences, and the length limit; all
-    sentences at once, and one at a time (`max_active_rows=4`, the beams of one)."""
-    model, translator = exported("lstm-input-feeding-bidirectional")
+    sentences at once in two searches side by side, and one at a time (`max_active_rows=4`, the beams of one)."""
+    model, translator = exported("lstm-input-feeding-bidirectional", threads=2)
     input_ids, attention_mask = source_batch(**BATCH)
     settings = {"num_beams": 4, "max_new_tokens": 12, **settings}
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
@@ -288,6 +293,24 @@ def test_a_bad_max_active_rows_is_refused(max_active_rows, exported):
     input_ids, attention_mask = source_batch(**BATCH)
     with pytest.raises(ValueError, match="`max_active_rows` must be a positive integer or None"):
         translator.generate(input_ids.numpy(), attention_mask.numpy(), max_active_rows=max_active_rows)
+
+
+def test_searches_side_by_side_share_max_active_rows(exported, monkeypatch):
+    """`max_active_rows` bounds the rows of all searches together: two searches decode two rows each at most."""
+    _, translator = exported("bigru-bahdanau", threads=2)
+    rows_per_step = []
+    step = translator._step
+    monkeypatch.setattr(translator, "_step", lambda tokens, *args: rows_per_step.append(len(tokens)) or
+                        step(tokens, *args))
+    input_ids, attention_mask = source_batch(seed=1, batch_size=8, length=9)
+    translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15, max_active_rows=4)
+    assert max(rows_per_step) == 2
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5])
+def test_a_bad_thread_count_is_refused(threads, tmp_path):
+    with pytest.raises(ValueError, match="`threads` must be a positive integer or None"):
+        ONNXTranslator(tmp_path, threads=threads)
 
 
 # ------------------------------------------------------------------------------------ without torch or transformers
