@@ -6,13 +6,18 @@
 
 The folder gets `encoder.onnx`, `decoder.onnx`, with `int8` also their dynamically quantised copies
 `encoder.int8.onnx` and `decoder.int8.onnx` (onnxruntime's `quantize_dynamic`: int8 weights, activations
-quantised at run time), and the config, generation config and tokenizer. Every axis named B or S is dynamic.
+quantised at run time), and the config, generation config and tokenizer. Every axis named B, R or S is dynamic.
 
     encoder: input_ids (B x S), attention_mask (B x S)
              -> keys (B x S x K), projected_keys (B x S x A), and the decoder's initial state:
                 hidden (B x L x H), cell (B x L x H, LSTM only), context (B x K, input feeding only)
-    decoder: decoder_input_ids (B x 1), keys, projected_keys, attention_mask, hidden[, cell][, context]
-             -> log_probs (B x V), attention (B x S), new_hidden[, new_cell][, new_context]
+    decoder: decoder_input_ids (R x 1), keys, projected_keys, attention_mask (one row per source),
+             hidden[, cell][, context] (R rows), top_k (one value)
+             -> log_probs (R x V), attention (R x S), new_hidden[, new_cell][, new_context],
+                top_log_probs and top_tokens (R x top_k)
+
+R = B x N decoder rows: the N rows of a source (the beams of a sentence) next to each other, all reading its one
+row of memory (`shares_sources`); under local-p attention, whose window the decoder places per row, N = 1.
 
 Each graph records the export format, the config fields it depends on and a digest of the weights, so that a
 runner refuses a graph from another export.
@@ -50,7 +55,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from hf_rnn_attn_runtime.onnx import EXPORT_FORMAT, GRAPH_FILES, MEMORY_NAMES, architecture
+from hf_rnn_attn_runtime.onnx import EXPORT_FORMAT, GRAPH_FILES, MEMORY_NAMES, architecture, shares_sources
 
 from .attention import AdditiveScore
 from .hub import check_model_folder
@@ -90,12 +95,13 @@ class DecoderStepGraph(nn.Module):
         state = copy.copy(self.template)
         for name, value in zip(("projected_keys", *self.state_names), (projected_keys, *state_tensors)):
             setattr(state, name, value)
-        output = self.model(encoder_outputs=(keys,), attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                            past_key_values=state, use_cache=True, output_attentions=True, return_dict=True)
-        new_state = output.past_key_values
-        log_probs = output.logits[:, -1].float().log_softmax(dim=-1)  # B x V
-        attention = output.cross_attentions[0][:, 0, -1]  # B x S
-        return log_probs, attention, *(getattr(new_state, name) for name in self.state_names)
+        # Traced from the sizes, so the graph takes any N (1 in greedy search); the memory's rows when N = 1.
+        rows_per_source = decoder_input_ids.size(0) // keys.size(0) if shares_sources(self.model.config) else 1
+        features, weights, new_state = self.model.get_decoder()(decoder_input_ids, state, keys, attention_mask,
+                                                                rows_per_source=rows_per_source)
+        logits = self.model.lm_head(features.squeeze(1))  # R x V: a 2-D product, one Gemm node with its bias
+        return (logits.float().log_softmax(dim=-1), weights.squeeze(1),
+                *(getattr(new_state, name) for name in self.state_names))
 
 
 def export_onnx(model, output_dir, tokenizer=None, int8=False):
@@ -212,23 +218,27 @@ def _export_graphs(model, encoder_path, decoder_path, metadata):
         template = model.get_decoder().initial_state(model.get_encoder()(input_ids, attention_mask, return_dict=True))
     decoder = DecoderStepGraph(model, template).eval()
     state_names = list(template.tensors())  # projected_keys, then the recurrent state
-    batch, source = {0: "batch"}, {0: "batch", 1: "source_length"}
-    axes = {"input_ids": source, "attention_mask": source, "keys": source, "projected_keys": source,
-            "decoder_input_ids": batch, "log_probs": batch, "attention": source,
-            **{name: batch for name in decoder.state_names}, **{f"new_{name}": batch for name in decoder.state_names}}
-    start = torch.full((input_ids.size(0), 1), model.config.decoder_start_token_id)
     state = dict(zip(state_names, state))
     projected_keys = state.pop("projected_keys")
+    # Traced with two rows per source where they share it, so that the graph records that path.
+    rows_per_source = 2 if shares_sources(model.config) else 1
+    start = torch.full((input_ids.size(0) * rows_per_source, 1), model.config.decoder_start_token_id)
+    state = {name: value.repeat_interleave(rows_per_source, dim=0) for name, value in state.items()}
+    sources, rows = {0: "sources", 1: "source_length"}, {0: "rows"}
     graphs = (
-        (encoder, (input_ids, attention_mask), encoder_path, ["input_ids", "attention_mask"], ["keys", *state_names]),
+        (encoder, (input_ids, attention_mask), encoder_path, ["input_ids", "attention_mask"], ["keys", *state_names],
+         {"input_ids": sources, "attention_mask": sources, "keys": sources, "projected_keys": sources,
+          **{name: {0: "sources"} for name in state}}),
         (decoder, (start, keys, projected_keys, attention_mask, *state.values()), decoder_path,
-         ["decoder_input_ids", *MEMORY_NAMES, *state], ["log_probs", "attention", *(f"new_{name}" for name in state)]),
+         ["decoder_input_ids", *MEMORY_NAMES, *state], ["log_probs", "attention", *(f"new_{name}" for name in state)],
+         {"keys": sources, "projected_keys": sources, "attention_mask": sources, "decoder_input_ids": rows,
+          "log_probs": rows, "attention": {0: "rows", 1: "source_length"},
+          **{name: rows for name in state}, **{f"new_{name}": rows for name in state}}),
     )
-    for module, inputs, path, input_names, output_names in graphs:
+    for module, inputs, path, input_names, output_names, axes in graphs:
         with _quiet_tracing(), torch.no_grad():
             torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=OPSET, input_names=input_names,
-                              output_names=output_names,
-                              dynamic_axes={name: axes[name] for name in (*input_names, *output_names)})
+                              output_names=output_names, dynamic_axes=axes)
     _add_top_k(decoder_path)
     for path, graph in ((encoder_path, "encoder"), (decoder_path, "decoder")):
         _add_metadata(path, {**metadata, "hf_rnn_attn_graph": graph})
@@ -243,8 +253,8 @@ def _add_top_k(path):
     graph.graph.node.append(onnx.helper.make_node("TopK", ["log_probs", "top_k"], ["top_log_probs", "top_tokens"],
                                                   axis=-1, largest=1, sorted=1))
     graph.graph.output.extend([
-        onnx.helper.make_tensor_value_info("top_log_probs", onnx.TensorProto.FLOAT, ["batch", "top_k"]),
-        onnx.helper.make_tensor_value_info("top_tokens", onnx.TensorProto.INT64, ["batch", "top_k"])])
+        onnx.helper.make_tensor_value_info("top_log_probs", onnx.TensorProto.FLOAT, ["rows", "top_k"]),
+        onnx.helper.make_tensor_value_info("top_tokens", onnx.TensorProto.INT64, ["rows", "top_k"])])
     onnx.save(graph, str(path))
 
 
@@ -255,34 +265,41 @@ def _add_metadata(path, metadata):
 
 
 def _check_graphs(model, encoder_path, decoder_path):
-    """Runs the graphs on onnxruntime on another batch size and source length than traced, two decoder steps,
-    and raises `RuntimeError` unless they agree with the model."""
+    """Runs the graphs on onnxruntime on another batch size and source length than traced, two decoder steps with
+    one row per source and, where rows share a source, three, and raises `RuntimeError` unless they agree with the
+    model."""
     input_ids, attention_mask = _example_batch(model.config, 3, 7)
     encoder, decoder = (onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                         for path in (encoder_path, decoder_path))
     names = [node.name for node in encoder.get_outputs()]
-    outputs = dict(zip(names, encoder.run(None, {"input_ids": input_ids.numpy(),
+    encoded = dict(zip(names, encoder.run(None, {"input_ids": input_ids.numpy(),
                                                   "attention_mask": attention_mask.numpy()})))
     state_names = [name for name in names if name not in MEMORY_NAMES]
-    start = torch.full((3, 1), model.config.decoder_start_token_id)
-    decoder_input_ids = torch.cat([start, torch.arange(3, 6)[:, None] % model.config.vocab_size], dim=1)  # B x 2
-    with torch.no_grad():
-        expected = model(input_ids=input_ids, attention_mask=attention_mask,
-                         decoder_input_ids=decoder_input_ids).logits.log_softmax(dim=-1)  # B x 2 x V
-    for step in range(2):
-        feeds = {"decoder_input_ids": decoder_input_ids[:, step:step + 1].numpy(), "keys": outputs["keys"],
-                 "projected_keys": outputs["projected_keys"], "attention_mask": attention_mask.numpy(),
-                 "top_k": np.array([3]), **{name: outputs[name] for name in state_names}}
-        log_probs, _, *new_state, top_log_probs, top_tokens = decoder.run(None, feeds)
-        outputs.update(zip(state_names, new_state))
-        if not (np.array_equal(top_log_probs, np.take_along_axis(log_probs, top_tokens, axis=1))
-                and np.array_equal(top_log_probs, -np.sort(-log_probs, axis=1)[:, :3])):
-            raise RuntimeError(f"The exported decoder's top-k outputs are not the top 3 of its log-probabilities "
-                               f"at decoder step {step + 1}.")
-        difference = float(np.abs(log_probs - expected[:, step].numpy()).max())
-        if not difference <= TOLERANCE:
-            raise RuntimeError(f"The exported graphs disagree with the model at decoder step {step + 1} "
-                               f"(log-probabilities differ by {difference:.2e} > {TOLERANCE}): the trace is wrong.")
+    memory = {"keys": encoded["keys"], "projected_keys": encoded["projected_keys"],
+              "attention_mask": attention_mask.numpy()}
+    for rows_per_source in (1, 3) if shares_sources(model.config) else (1,):
+        sources = torch.arange(3).repeat_interleave(rows_per_source)  # the source of each row
+        start = torch.full((sources.numel(), 1), model.config.decoder_start_token_id)
+        tokens = (torch.arange(sources.numel()) + 3) % model.config.vocab_size  # another token in each row
+        decoder_input_ids = torch.cat([start, tokens[:, None]], dim=1)  # R x 2
+        with torch.no_grad():
+            expected = model(input_ids=input_ids[sources], attention_mask=attention_mask[sources],
+                             decoder_input_ids=decoder_input_ids).logits.log_softmax(dim=-1)  # R x 2 x V
+        state = {name: encoded[name][sources.numpy()] for name in state_names}
+        for step in range(2):
+            feeds = {"decoder_input_ids": decoder_input_ids[:, step:step + 1].numpy(), "top_k": np.array([3]),
+                     **memory, **state}
+            log_probs, _, *new_state, top_log_probs, top_tokens = decoder.run(None, feeds)
+            state = dict(zip(state_names, new_state))
+            where = f"at decoder step {step + 1} with {rows_per_source} row(s) per source"
+            if not (np.array_equal(top_log_probs, np.take_along_axis(log_probs, top_tokens, axis=1))
+                    and np.array_equal(top_log_probs, -np.sort(-log_probs, axis=1)[:, :3])):
+                raise RuntimeError(f"The exported decoder's top-k outputs are not the top 3 of its log-probabilities "
+                                   f"{where}.")
+            difference = float(np.abs(log_probs - expected[:, step].numpy()).max())
+            if not difference <= TOLERANCE:
+                raise RuntimeError(f"The exported graphs disagree with the model {where} (log-probabilities differ "
+                                   f"by {difference:.2e} > {TOLERANCE}): the trace is wrong.")
 
 
 def _quantize(source, target):

@@ -27,7 +27,7 @@ import onnxruntime
 from .export_folder import ExportedTokenizer, GenerationSettings, read_config
 
 # Bumped whenever the graphs' inputs, outputs or meaning change: a runner refuses graphs of another format.
-EXPORT_FORMAT = "2"  # 2: the decoder step also gives its top-k tokens (`top_k` input)
+EXPORT_FORMAT = "3"  # 2: the decoder step gives its top-k tokens; 3: rows share their source (`shares_sources`)
 GRAPH_FILES = {False: ("encoder.onnx", "decoder.onnx"), True: ("encoder.int8.onnx", "decoder.int8.onnx")}
 # The decoder graph's inputs besides the recurrent state (whose names are those of the encoder's other outputs).
 MEMORY_NAMES = ("keys", "projected_keys", "attention_mask")
@@ -45,6 +45,13 @@ ARCHITECTURE_DEFAULTS = {
     "max_source_positions": None, "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1,
     "eos_token_id": 2, "decoder_start_token_id": 1, "is_encoder_decoder": True,
 }
+
+
+def shares_sources(config):
+    """Whether the decoder graph takes one memory row per source for the N rows decoding it (N = rows / sources,
+    the beams of a sentence), as `lean_decoding.ActiveRows` shares them: all but local-p attention, whose window
+    the decoder places per row."""
+    return config.attention_type == "global"
 
 
 def architecture(config):
@@ -262,6 +269,13 @@ class ONNXTranslator:
                                     **state})
         return outputs[0], outputs[1], dict(zip(self.state_names, outputs[2:]))
 
+    def _keep_sentences(self, rows, kept, num_beams):
+        """The decoder inputs of the sentences `kept` (their indices among those decoding): N rows of state each,
+        and one row of memory where the graph shares it among them (`shares_sources`), else N."""
+        beams = (kept[:, None] * num_beams + np.arange(num_beams)).reshape(-1)
+        memory_rows = kept if shares_sources(self.config) else beams
+        return {name: value[memory_rows if name in MEMORY_NAMES else beams] for name, value in rows.items()}
+
     def _greedy_search(self, input_ids, attention_mask, max_length, eos, max_active_rows):
         """`generate()`'s greedy search: argmax until EOS or max_length; ended rows are padded.
 
@@ -278,7 +292,7 @@ class ONNXTranslator:
         scores = np.zeros(batch_size, dtype=np.float32)
         if max_length <= 1:
             return ONNXGeneration(sequences[:, :1], scores)
-        waiting = _WaitingSentences(self, input_ids, attention_mask, max_active_rows, join_at=max_active_rows // 2)
+        waiting = _WaitingSentences(self, input_ids, attention_mask, max_active_rows)
         active, rows = np.arange(0), None  # the sentence of each row, and the rows' decoder inputs
         while True:
             active, rows = waiting.join(active, rows, max_active_rows)
@@ -294,7 +308,7 @@ class ONNXTranslator:
             done = np.isin(tokens, eos) | (lengths[active] >= max_length)
             if done.any():
                 kept = np.flatnonzero(~done)
-                rows, active = _take(rows, kept), active[kept]
+                rows, active = self._keep_sentences(rows, kept, 1), active[kept]
                 if active.size:  # the sources still read, without the columns only ended ones had
                     rows = _fit_source(rows, int(rows["attention_mask"].sum(axis=1).max()))
 
@@ -302,10 +316,10 @@ class ONNXTranslator:
                      length_penalty, early_stopping, max_active_rows):
         """`generate()`'s beam search (transformers' `_beam_search` and its helpers), on the open sentences.
 
-        Each sentence has N rows, beam n in its n-th; blocks of `max_active_rows // N` sentences (at least one)
-        decode one after the other, and a sentence whose result can no longer change leaves its block (joining
-        sentences into a running block measured slower, see `_WaitingSentences`). Every step is written per
-        sentence, each at its own length (`lean_decoding.beam_search`, in numpy).
+        Each sentence has N rows, beam n in its n-th; at most `max_active_rows // N` sentences (at least one)
+        decode at once, a sentence whose result can no longer change leaves, and once half of them have left the
+        next waiting ones join (`_WaitingSentences`). Every step is written per sentence, each at its own length
+        (`lean_decoding.beam_search`, in numpy).
         """
         config = self.config
         batch_size, prompt_len = input_ids.shape[0], 1
@@ -374,7 +388,7 @@ class ONNXTranslator:
                                axis=1), best, axis=1)
             scores[active], finished[active] = new_scores, new_finished
 
-            # The surviving beams' states (a sentence's rows share its source: the memory needs no reordering).
+            # The surviving beams' states (a sentence's rows read one memory: it needs no reordering).
             first_rows = np.arange(count)[:, None] * num_beams  # each sentence's first row
             rows.update(_take(_pick(rows, self.state_names),
                               (first_rows + np.take_along_axis(parents, keep, axis=1)).reshape(-1)))
@@ -391,7 +405,7 @@ class ONNXTranslator:
                 still_open &= ~new_finished.all(axis=1)
             if not still_open.all():
                 kept = np.flatnonzero(still_open)
-                rows = _take(rows, (kept[:, None] * num_beams + np.arange(num_beams)).reshape(-1))
+                rows = self._keep_sentences(rows, kept, num_beams)
                 active = active[kept]
                 if active.size:  # the sources still read, without the columns only closed sentences had
                     rows = _fit_source(rows, int(rows["attention_mask"].sum(axis=1).max()))
@@ -403,19 +417,19 @@ class ONNXTranslator:
 
 class _WaitingSentences:
     """The sentences of a search that have not started: encoded `block` at a time, when they are needed, each
-    joining as `rows_per_sentence` rows (its beams) of the decoder's inputs once at most `join_at` sentences
-    are still decoding.
+    joining as `rows_per_sentence` rows (its beams) of the decoder's inputs once at most half of `block`
+    sentences are still decoding.
 
-    Not at every free row as in `lean_decoding`: numpy copies every row's keys to add rows (each beam holds its
-    own copy here), and a joining sentence decodes at the source width of the longest one still decoding. On the
-    1,000 test verses of the benchmark (64 sentences at a time, 2-core Xeon, in-process): greedy 3.6 s joining at
-    half the rows, 3.8 s at every free row, 4.3 s in blocks one after the other (`join_at=0`); beam 5 16.4-16.6 s,
-    20.4 s and 15.3-15.7 s. So greedy search joins at half, beam search in blocks.
+    Not at every free row as in `lean_decoding`: numpy copies the rows of every input to add rows, and a joining
+    sentence decodes at the source width of the longest one still decoding. On the 1,000 test verses of the
+    benchmark (64 sentences at a time, two searches side by side, 2-core Xeon, in-process, two runs each): greedy
+    2.9 s joining at half, 3.0-3.2 s at every free row, 3.8-3.9 s in blocks one after the other; beam 5 12.8-12.9 s
+    at half, 13.0-13.3 s at a quarter or three quarters, 13.2-13.5 s at every free row, 13.8-14.2 s in blocks.
     """
 
-    def __init__(self, translator, input_ids, attention_mask, block, rows_per_sentence=1, join_at=0):
+    def __init__(self, translator, input_ids, attention_mask, block, rows_per_sentence=1):
         self.translator, self.input_ids, self.attention_mask = translator, input_ids, attention_mask
-        self.block, self.rows_per_sentence, self.join_at = block, rows_per_sentence, join_at
+        self.block, self.rows_per_sentence, self.join_at = block, rows_per_sentence, block // 2
         self.sentences, self.encoded, self.next_sentence = np.arange(0), None, 0
 
     def join(self, active, rows, max_sentences):
@@ -432,8 +446,9 @@ class _WaitingSentences:
                 self.encoded = self.translator._encode(self.input_ids[self.sentences, :width],
                                                        self.attention_mask[self.sentences, :width])
             count = min(max_sentences - active.size, self.sentences.size)
-            joining = {name: np.repeat(value[:count], self.rows_per_sentence, axis=0)
-                       for name, value in self.encoded.items()}
+            shared = shares_sources(self.translator.config)
+            joining = {name: value[:count] if shared and name in MEMORY_NAMES else
+                       np.repeat(value[:count], self.rows_per_sentence, axis=0) for name, value in self.encoded.items()}
             rows = _join_rows(rows, joining)
             active = np.concatenate([active, self.sentences[:count]])
             self.sentences, self.encoded = self.sentences[count:], _take(self.encoded, slice(count, None))
