@@ -59,8 +59,8 @@ class BenchmarkArguments:
     references: str | None = field(default=None, metadata={"help": "their reference translations, for BLEU"})
     max_sentences: int = 100
     max_new_tokens: int = 200
-    threads: int | None = field(default=None, metadata={"help": "CPU threads of PyTorch and onnxruntime "
-                                                                "(default: theirs)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads of PyTorch, and the ONNX searches "
+                                                                "side by side (default: one per core)"})
 
 
 def random_batch(args, generator):
