@@ -78,8 +78,8 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """One decoder step through the model's forward, as generate() calls it: one token, `encoder_outputs` and the
-    state as `past_key_values`.
+    """One decoder step and the output layer, as `lean_decoding` runs them in `generate()`: one token and the state
+    of each row, the memory of each source (`shares_sources`: one per N rows).
 
     `template` is a decoder state of this model: the state passed in is the template with its tensors replaced, so
     that this module does not need to know which fields a GRU or an LSTM state has.
@@ -95,7 +95,7 @@ class DecoderStepGraph(nn.Module):
         state = copy.copy(self.template)
         for name, value in zip(("projected_keys", *self.state_names), (projected_keys, *state_tensors)):
             setattr(state, name, value)
-        # Traced from the sizes, so the graph takes any N (1 in greedy search); the memory's rows when N = 1.
+        # N = rows / sources, traced from the sizes: the graph takes any N (1 in greedy search).
         rows_per_source = decoder_input_ids.size(0) // keys.size(0) if shares_sources(self.model.config) else 1
         features, weights, new_state = self.model.get_decoder()(decoder_input_ids, state, keys, attention_mask,
                                                                 rows_per_source=rows_per_source)

@@ -16,6 +16,7 @@ Shapes: B sentences, N beams, R rows (B, or B x N in beam search), S source leng
 
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -196,12 +197,12 @@ class ONNXTranslator:
         length). Returns an `ONNXGeneration`.
 
         `max_active_rows`: at most that many rows decode at once (beam search: `max_active_rows // num_beams`
-        sentences, at least one); in greedy search sentences that end give their rows to waiting ones, as
+        sentences, at least one); sentences that end give their rows to waiting ones, as
         `model.generate(max_active_rows=...)` does. The same tokens and scores whatever it is.
 
-        The sentences are dealt out in turn to up to `threads` searches that run side by side (sentence b to
-        search b mod `threads`), each with its share of `max_active_rows`: after the longest-first sort of
-        `__call__` each gets as long sentences as the others. Rows never interact: the results are one search's.
+        Up to `threads` searches run side by side, each with its share of `max_active_rows`, each taking the next
+        sentences in order whenever it has room (`_SentenceQueue`). Rows never interact: the results are one
+        search's.
         """
         settings = self.generation_config
         input_ids = np.asarray(input_ids, dtype=np.int64)
@@ -221,6 +222,9 @@ class ONNXTranslator:
         eos = settings.eos_token_id
         eos = np.array([] if eos is None else np.atleast_1d(eos), dtype=np.int64)
         max_active_rows = max_active_rows or input_ids.shape[0] * num_beams
+        if num_beams == 1 and max_length <= 1:  # nothing to generate: the start token alone
+            return ONNXGeneration(np.full((input_ids.shape[0], 1), self.config.decoder_start_token_id),
+                                  np.zeros(input_ids.shape[0], dtype=np.float32))
         if num_beams == 1:
             search, fill = partial(self._greedy_search, max_length=max_length, eos=eos), self.config.pad_token_id
         else:
@@ -229,14 +233,13 @@ class ONNXTranslator:
                              length_penalty=settings.length_penalty if length_penalty is None else length_penalty,
                              early_stopping=settings.early_stopping if early_stopping is None else early_stopping)
             fill = _beam_fill(self.config.pad_token_id, eos)
+        queue = _SentenceQueue(input_ids, attention_mask)
         count = min(self.threads, input_ids.shape[0], max(1, max_active_rows // num_beams))  # searches
         if count == 1:
-            return search(input_ids, attention_mask, max_active_rows=max_active_rows)
-        shares = [np.arange(first, input_ids.shape[0], count) for first in range(count)]
+            return search(queue, max_active_rows=max_active_rows)[0]
         with ThreadPoolExecutor(count) as pool:  # onnxruntime and numpy's loops let go of the GIL
-            parts = list(pool.map(lambda rows: search(input_ids[rows], attention_mask[rows],
-                                                      max_active_rows=max_active_rows // count), shares))
-        return _merge(parts, shares, num_return_sequences if num_beams > 1 else 1, fill)
+            parts = list(pool.map(lambda _: search(queue, max_active_rows=max_active_rows // count), range(count)))
+        return _merge(parts, num_return_sequences if num_beams > 1 else 1, fill)
 
     def _check_source(self, input_ids, attention_mask):
         """The model's own checks (`check_source_mask`): a graph would run on bad input and return garbage."""
@@ -276,8 +279,9 @@ class ONNXTranslator:
         memory_rows = kept if shares_sources(self.config) else beams
         return {name: value[memory_rows if name in MEMORY_NAMES else beams] for name, value in rows.items()}
 
-    def _greedy_search(self, input_ids, attention_mask, max_length, eos, max_active_rows):
-        """`generate()`'s greedy search: argmax until EOS or max_length; ended rows are padded.
+    def _greedy_search(self, queue, max_length, eos, max_active_rows):
+        """`generate()`'s greedy search: argmax until EOS or max_length; ended rows are padded. Returns the
+        generation of every sentence of `queue` (filled for those it took) and the sentences it took.
 
         At most `max_active_rows` sentences decode at once; a sentence that ends leaves, and once half the rows are
         free the next waiting sentences take them (`_WaitingSentences`), as in `lean_decoding.greedy_search`:
@@ -285,19 +289,17 @@ class ONNXTranslator:
         which cost almost as much as full ones.
         """
         config = self.config
-        batch_size = input_ids.shape[0]
+        batch_size = len(queue.input_ids)
         sequences = np.full((batch_size, max_length), config.pad_token_id, dtype=np.int64)
         sequences[:, 0] = config.decoder_start_token_id
         lengths = np.ones(batch_size, dtype=np.int64)  # tokens in each sequence
         scores = np.zeros(batch_size, dtype=np.float32)
-        if max_length <= 1:
-            return ONNXGeneration(sequences[:, :1], scores)
-        waiting = _WaitingSentences(self, input_ids, attention_mask, max_active_rows)
+        waiting = _WaitingSentences(self, queue, max_active_rows)
         active, rows = np.arange(0), None  # the sentence of each row, and the rows' decoder inputs
         while True:
-            active, rows = waiting.join(active, rows, max_active_rows)
+            active, rows = waiting.join(active, rows)
             if not active.size:
-                return ONNXGeneration(sequences[:, :int(lengths.max())], scores)
+                return ONNXGeneration(sequences[:, :int(lengths.max())], scores), waiting.taken()
             top_log_probs, top_tokens, state = self._step(sequences[active, lengths[active] - 1],
                                                           _pick(rows, MEMORY_NAMES), _pick(rows, self.state_names), 1)
             rows.update(state)
@@ -312,9 +314,10 @@ class ONNXTranslator:
                 if active.size:  # the sources still read, without the columns only ended ones had
                     rows = _fit_source(rows, int(rows["attention_mask"].sum(axis=1).max()))
 
-    def _beam_search(self, input_ids, attention_mask, num_beams, max_length, eos, num_return_sequences,
-                     length_penalty, early_stopping, max_active_rows):
+    def _beam_search(self, queue, num_beams, max_length, eos, num_return_sequences, length_penalty, early_stopping,
+                     max_active_rows):
         """`generate()`'s beam search (transformers' `_beam_search` and its helpers), on the open sentences.
+        Returns the generation of every sentence of `queue` (filled for those it took) and the sentences it took.
 
         Each sentence has N rows, beam n in its n-th; at most `max_active_rows // N` sentences (at least one)
         decode at once, a sentence whose result can no longer change leaves, and once half of them have left the
@@ -322,7 +325,7 @@ class ONNXTranslator:
         (`lean_decoding.beam_search`, in numpy).
         """
         config = self.config
-        batch_size, prompt_len = input_ids.shape[0], 1
+        batch_size, prompt_len = len(queue.input_ids), 1
         beams_to_keep = max(2, 1 + eos.size) * num_beams  # enough candidates to keep N beams that have not ended
         top_num_beams = np.arange(beams_to_keep) < num_beams
         # n ** length_penalty for n new tokens, as transformers computes it (a Python float, used in float32).
@@ -340,10 +343,10 @@ class ONNXTranslator:
         lengths = np.full(batch_size, prompt_len)
 
         max_sentences = max(1, max_active_rows // num_beams)
-        waiting = _WaitingSentences(self, input_ids, attention_mask, max_sentences, rows_per_sentence=num_beams)
+        waiting = _WaitingSentences(self, queue, max_sentences, rows_per_sentence=num_beams)
         active, rows = np.arange(0), None  # the sentence of each group of N rows, and the rows' decoder inputs
         while True:
-            active, rows = waiting.join(active, rows, max_sentences)
+            active, rows = waiting.join(active, rows)
             if not active.size:
                 break
             count, length = active.size, lengths[active]
@@ -412,47 +415,64 @@ class ONNXTranslator:
 
         sequences = sequences[:, :num_return_sequences].reshape(batch_size * num_return_sequences, max_length)
         longest = int(finished_lengths[:, :num_return_sequences].max())
-        return ONNXGeneration(sequences[:, :longest], scores[:, :num_return_sequences].reshape(-1))
+        return ONNXGeneration(sequences[:, :longest], scores[:, :num_return_sequences].reshape(-1)), waiting.taken()
+
+
+class _SentenceQueue:
+    """The source sentences of a `generate` call that no search has taken yet. Searches side by side take the next
+    ones in order whenever they have room, so that they end together: fixed shares (sentence b to search b mod 2)
+    ended 0.9 s apart in 13 s of beam search on the benchmark's 1,000 verses, one core idle meanwhile."""
+
+    def __init__(self, input_ids, attention_mask):
+        self.input_ids, self.attention_mask = input_ids, attention_mask
+        self._next, self._lock = 0, threading.Lock()
+
+    def take(self, count):
+        """The indices of the next `count` sentences (fewer, or none, at the end)."""
+        with self._lock:
+            first, self._next = self._next, min(len(self.input_ids), self._next + count)
+            return np.arange(first, self._next)
 
 
 class _WaitingSentences:
-    """The sentences of a search that have not started: encoded `block` at a time, when they are needed, each
-    joining as `rows_per_sentence` rows (its beams) of the decoder's inputs once at most half of `block`
-    sentences are still decoding.
+    """How a search takes its sentences from the `_SentenceQueue`: once at most half of its `max_sentences` are
+    still decoding, it takes enough to fill them, encodes them and adds their rows (`rows_per_sentence` each, its
+    beams) to the decoder's inputs.
 
     Not at every free row as in `lean_decoding`: numpy copies the rows of every input to add rows, and a joining
     sentence decodes at the source width of the longest one still decoding. On the 1,000 test verses of the
-    benchmark (64 sentences at a time, two searches side by side, 2-core Xeon, in-process, two runs each): greedy
-    2.9 s joining at half, 3.0-3.2 s at every free row, 3.8-3.9 s in blocks one after the other; beam 5 12.8-12.9 s
-    at half, 13.0-13.3 s at a quarter or three quarters, 13.2-13.5 s at every free row, 13.8-14.2 s in blocks.
+    benchmark (64 sentences at a time, two searches side by side, 2-core Xeon, in-process, 2-3 runs each): greedy
+    2.7-2.8 s joining at half (the same at a quarter or three quarters), 2.9-3.0 s at every free row, 3.8-3.9 s in
+    blocks one after the other; beam 5 12.5-12.8 s at half (12.3-13.0 s at a quarter or three quarters), 13.2-13.6 s
+    at every free row, 13.0-13.3 s in blocks.
     """
 
-    def __init__(self, translator, input_ids, attention_mask, block, rows_per_sentence=1):
-        self.translator, self.input_ids, self.attention_mask = translator, input_ids, attention_mask
-        self.block, self.rows_per_sentence, self.join_at = block, rows_per_sentence, block // 2
-        self.sentences, self.encoded, self.next_sentence = np.arange(0), None, 0
+    def __init__(self, translator, queue, max_sentences, rows_per_sentence=1):
+        self.translator, self.queue = translator, queue
+        self.max_sentences, self.rows_per_sentence = max_sentences, rows_per_sentence
+        self._taken = []
 
-    def join(self, active, rows, max_sentences):
-        """`active` (the sentence of each group of rows) and `rows`, with waiting sentences added up to
-        `max_sentences`, their rows after the others, on the wider source."""
-        if active.size > self.join_at:
+    def join(self, active, rows):
+        """`active` (the sentence of each group of rows) and `rows`, with the next sentences of the queue added up
+        to `max_sentences` once at most half that many are decoding, their rows after the others, on the wider
+        source."""
+        if active.size > self.max_sentences // 2:
             return active, rows
-        while active.size < max_sentences and (self.sentences.size or self.next_sentence < len(self.input_ids)):
-            if not self.sentences.size:
-                self.sentences = np.arange(self.next_sentence,
-                                           min(len(self.input_ids), self.next_sentence + self.block))
-                self.next_sentence = self.sentences[-1] + 1
-                width = int(self.attention_mask[self.sentences].sum(axis=1).max())
-                self.encoded = self.translator._encode(self.input_ids[self.sentences, :width],
-                                                       self.attention_mask[self.sentences, :width])
-            count = min(max_sentences - active.size, self.sentences.size)
-            shared = shares_sources(self.translator.config)
-            joining = {name: value[:count] if shared and name in MEMORY_NAMES else
-                       np.repeat(value[:count], self.rows_per_sentence, axis=0) for name, value in self.encoded.items()}
-            rows = _join_rows(rows, joining)
-            active = np.concatenate([active, self.sentences[:count]])
-            self.sentences, self.encoded = self.sentences[count:], _take(self.encoded, slice(count, None))
-        return active, rows
+        sentences = self.queue.take(self.max_sentences - active.size)
+        if not sentences.size:
+            return active, rows
+        self._taken.append(sentences)
+        width = int(self.queue.attention_mask[sentences].sum(axis=1).max())
+        encoded = self.translator._encode(self.queue.input_ids[sentences, :width],
+                                          self.queue.attention_mask[sentences, :width])
+        shared = shares_sources(self.translator.config)
+        joining = {name: value if shared and name in MEMORY_NAMES else
+                   np.repeat(value, self.rows_per_sentence, axis=0) for name, value in encoded.items()}
+        return np.concatenate([active, sentences]), _join_rows(rows, joining)
+
+    def taken(self):
+        """The sentences this search has taken."""
+        return np.concatenate(self._taken) if self._taken else np.arange(0)
 
 
 def _beam_fill(pad, eos):
@@ -460,17 +480,18 @@ def _beam_fill(pad, eos):
     return (pad if pad else eos[0]) if eos.size else -1
 
 
-def _merge(parts, shares, rows_per_sentence, fill):
-    """One `ONNXGeneration` from the searches of the sentences in `shares`, padded with `fill` to the longest."""
-    sentences = sum(share.size for share in shares)
-    sequences = np.full((sentences, rows_per_sentence, max(part.sequences.shape[1] for part in parts)), fill,
+def _merge(parts, rows_per_sentence, fill):
+    """One `ONNXGeneration` from the (generation, sentences taken) of searches side by side: each sentence's rows
+    from the search that took it, padded with `fill` to the longest."""
+    first, _ = parts[0]
+    sequences = np.full((first.sequences.shape[0], max(part.sequences.shape[1] for part, _ in parts)), fill,
                         dtype=np.int64)
-    scores = np.zeros((sentences, rows_per_sentence), dtype=np.float32)
-    for part, share in zip(parts, shares):
-        width = part.sequences.shape[1]
-        sequences[share, :, :width] = part.sequences.reshape(share.size, rows_per_sentence, width)
-        scores[share] = part.scores.reshape(share.size, rows_per_sentence)
-    return ONNXGeneration(sequences.reshape(sentences * rows_per_sentence, -1), scores.reshape(-1))
+    scores = np.zeros_like(first.scores)
+    for part, sentences in parts:
+        rows = (sentences[:, None] * rows_per_sentence + np.arange(rows_per_sentence)).reshape(-1)
+        sequences[rows, :part.sequences.shape[1]] = part.sequences[rows]
+        scores[rows] = part.scores[rows]
+    return ONNXGeneration(sequences, scores)
 
 
 def _take(arrays, rows):
