@@ -307,7 +307,7 @@ class ONNXTranslator:
             sequences[active, lengths[active]] = tokens
             scores[active] += top_log_probs[:, 0]
             lengths[active] += 1
-            done = np.isin(tokens, eos) | (lengths[active] >= max_length)
+            done = _ends(tokens, eos) | (lengths[active] >= max_length)
             if done.any():
                 kept = np.flatnonzero(~done)
                 rows, active = self._keep_sentences(rows, kept, 1), active[kept]
@@ -359,20 +359,20 @@ class ONNXTranslator:
             candidates = (top_log_probs.reshape(count, num_beams, beams_to_keep)
                           + running_scores[active][:, :, None]).reshape(count, -1)  # A x (N x 2N)
             top = _top_k(candidates, beams_to_keep)  # A x 2N
-            topk_scores = np.take_along_axis(candidates, top, axis=1)
+            topk_scores = _gather_rows(candidates, top)
             parents = top // beams_to_keep
-            topk_tokens = np.take_along_axis(top_tokens.reshape(count, -1), top, axis=1)
+            topk_tokens = _gather_rows(top_tokens.reshape(count, -1), top)
             width = int(length.max()) + 1  # the positions any active sentence has written, and the new one
-            topk_sequences = np.take_along_axis(running_sequences[active, :, :width], parents[:, :, None], axis=1)
+            topk_sequences = _gather_rows(running_sequences[active, :, :width], parents)
             np.put_along_axis(topk_sequences, np.broadcast_to(length[:, None, None], (count, beams_to_keep, 1)),
                               topk_tokens[:, :, None], axis=2)
-            hits_stop = np.isin(topk_tokens, eos) | (length + 1 >= max_length)[:, None]
+            hits_stop = _ends(topk_tokens, eos) | (length + 1 >= max_length)[:, None]
 
             # The N best candidates that have not ended continue.
             running_candidates = topk_scores + hits_stop.astype(np.float32) * NEG_INF
             keep = _top_k(running_candidates, num_beams)
-            running_sequences[active, :, :width] = np.take_along_axis(topk_sequences, keep[:, :, None], axis=1)
-            new_running_scores = np.take_along_axis(running_candidates, keep, axis=1)
+            running_sequences[active, :, :width] = _gather_rows(topk_sequences, keep)
+            new_running_scores = _gather_rows(running_candidates, keep)
             running_scores[active] = new_running_scores
 
             # Ended candidates among the N best join the finished hypotheses if they beat them. (transformers also
@@ -382,19 +382,19 @@ class ONNXTranslator:
             finished_scores = finished_scores + (~just_finished).astype(np.float32) * NEG_INF
             merged_scores = np.concatenate([scores[active], finished_scores], axis=1)
             best = _top_k(merged_scores, num_beams)
-            new_scores = np.take_along_axis(merged_scores, best, axis=1)
-            new_finished = np.take_along_axis(np.concatenate([finished[active], just_finished], axis=1), best, axis=1)
-            sequences[active, :, :width] = np.take_along_axis(
-                np.concatenate([sequences[active, :, :width], topk_sequences], axis=1), best[:, :, None], axis=1)
-            finished_lengths[active] = np.take_along_axis(
+            new_scores = _gather_rows(merged_scores, best)
+            new_finished = _gather_rows(np.concatenate([finished[active], just_finished], axis=1), best)
+            sequences[active, :, :width] = _gather_rows(
+                np.concatenate([sequences[active, :, :width], topk_sequences], axis=1), best)
+            finished_lengths[active] = _gather_rows(
                 np.concatenate([finished_lengths[active], np.broadcast_to((length + 1)[:, None], hits_stop.shape)],
-                               axis=1), best, axis=1)
+                               axis=1), best)
             scores[active], finished[active] = new_scores, new_finished
 
             # The surviving beams' states (a sentence's rows read one memory: it needs no reordering).
             first_rows = np.arange(count)[:, None] * num_beams  # each sentence's first row
             rows.update(_take(_pick(rows, self.state_names),
-                              (first_rows + np.take_along_axis(parents, keep, axis=1)).reshape(-1)))
+                              (first_rows + _gather_rows(parents, keep)).reshape(-1)))
             length = length + 1
             lengths[active] = length
             # transformers' `_check_early_stop_heuristic`: can the best running beam still beat the worst finished?
@@ -524,7 +524,15 @@ def _join_rows(rows, joining):
 
 def _top_k(values, k):
     """Indices of the k largest values of each row, largest first (`torch.topk`); ties go to the lower index."""
-    part = np.argpartition(-values, k - 1, axis=1)[:, :k] if k < values.shape[1] else \
-        np.broadcast_to(np.arange(values.shape[1]), values.shape)
-    order = np.lexsort((part, -np.take_along_axis(values, part, axis=1)), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    return np.argsort(-values, axis=1, kind="stable")[:, :k]
+
+
+def _ends(tokens, eos):
+    """Whether each token is one of the `eos` ids (`np.isin`, which costs more than this at these sizes)."""
+    return (tokens[..., None] == eos).any(axis=-1)
+
+
+def _gather_rows(values, indices):
+    """`values[b, indices[b, j]]` (B x k, or B x k x ... for B x M x ... values): `np.take_along_axis` on axis 1
+    without its checks, which cost more than the gather at these sizes."""
+    return values[np.arange(len(values))[:, None], indices]
