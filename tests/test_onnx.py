@@ -57,8 +57,8 @@ def exported(tmp_path_factory):
     return get
 
 
-# With 3 threads the four sentences go to three searches side by side (two, one and one sentences), or to two
-# where `max_active_rows` lets only two sentences decode at once.
+# With 3 threads the four sentences go to three searches side by side, one sentence at a time each, each taking
+# the next from the queue when its sentence ends (to two searches where `max_active_rows` allows two sentences).
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("max_active_rows", [None, 2])
 @pytest.mark.parametrize("variant", EXPORTABLE)
