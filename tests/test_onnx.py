@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 from transformers import AutoTokenizer, GenerationConfig
@@ -17,7 +18,7 @@ from hf_rnn_attn import RNNAttnConfig, cli
 from hf_rnn_attn.onnx import GRAPH_FILES, ONNXTranslator
 from hf_rnn_attn_runtime.export_folder import GENERATION_DEFAULTS, ExportedTokenizer, GenerationSettings
 from hf_rnn_attn_runtime.onnx import ARCHITECTURE_DEFAULTS
-from hf_rnn_attn.onnx_export import export_onnx
+from hf_rnn_attn.onnx_export import OPSET, export_onnx, top_k_nodes
 from hf_rnn_attn.quantization import quantize_int8
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
@@ -378,3 +379,27 @@ def test_the_onnx_command_imports_neither_torch_nor_transformers(trained, tmp_pa
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "0 []"
     assert (tmp_path / "onnx.txt").read_text(encoding="utf-8") == (tmp_path / "torch.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("size", [128, 200, 20])
+def test_the_two_round_top_k_orders_as_top_k(size, tmp_path):
+    """The decoder graph's top-k (`top_k_nodes`, blocks of 64) against a stable sort, on values with many ties
+    within and across blocks (also where the best blocks come in the reverse order of their index), for
+    vocabularies of whole blocks, with a part block, and under one block."""
+    nodes, constants = top_k_nodes("values", "k", size, "top_values", "top_indices")
+    graph = onnx.helper.make_graph(
+        nodes, "top_k", [onnx.helper.make_tensor_value_info("values", onnx.TensorProto.FLOAT, ["rows", size]),
+                         onnx.helper.make_tensor_value_info("k", onnx.TensorProto.INT64, [1])],
+        [onnx.helper.make_tensor_value_info("top_values", onnx.TensorProto.FLOAT, ["rows", "k"]),
+         onnx.helper.make_tensor_value_info("top_indices", onnx.TensorProto.INT64, ["rows", "k"])], constants)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)], ir_version=8)
+    onnx.save(model, tmp_path / "top_k.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "top_k.onnx"), providers=["CPUExecutionProvider"])
+    values = np.random.default_rng(0).integers(-3, 3, size=(6, size)).astype(np.float32)  # ties everywhere
+    values[1] = 0.0  # one value throughout
+    values[3:, ::64] = 3 + np.arange(0, size, 64)  # later blocks rank first, and share their other values
+    for k in sorted({1, 3, 10, size}):
+        top_values, top_indices = session.run(None, {"values": values, "k": np.array([k])})
+        expected = np.argsort(-values, axis=1, kind="stable")[:, :k]  # largest first, ties to the lower index
+        np.testing.assert_array_equal(top_indices, expected)
+        np.testing.assert_array_equal(top_values, np.take_along_axis(values, expected, axis=1))
