@@ -279,16 +279,16 @@ def top_k_nodes(values, k, size, top_values, top_indices, block=TOP_K_BLOCK):
 
     constants = {"shape": [0, blocks, block], "count": [blocks], "flat": [0, -1], "width": [block],
                  "offsets": list(range(block)), "axis": [2]}
+    tensors = [onnx.numpy_helper.from_array(np.array(value, dtype=np.int64), name(key))
+               for key, value in constants.items()]
     node = onnx.helper.make_node
     nodes, padded = [], values
     if blocks * block != size:  # the last block filled up with -inf, which no k <= size reaches
-        constants["pad"] = [0, 0, 0, blocks * block - size]
         padded = name("padded")
+        pad = np.array([0, 0, 0, blocks * block - size], dtype=np.int64)
+        tensors += [onnx.numpy_helper.from_array(pad, name("pad")),
+                    onnx.numpy_helper.from_array(np.array(-np.inf, dtype=np.float32), name("minus_inf"))]
         nodes.append(node("Pad", [values, name("pad"), name("minus_inf")], [padded], mode="constant"))
-    tensors = [onnx.numpy_helper.from_array(np.array(value, dtype=np.int64), name(key))
-               for key, value in constants.items()]
-    if blocks * block != size:
-        tensors.append(onnx.numpy_helper.from_array(np.array(-np.inf, dtype=np.float32), name("minus_inf")))
     nodes += [
         node("Reshape", [padded, name("shape")], [name("blocks")]),  # R x blocks x block
         node("ReduceMax", [name("blocks")], [name("block_max")], axes=[2], keepdims=0),  # R x blocks
