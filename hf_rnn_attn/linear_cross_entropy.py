@@ -17,10 +17,16 @@ are several times faster, while the softmax, the loss and the weight and bias gr
 keeps `cross_entropy` in float32.
 """
 
+from functools import cache
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from .mixed_precision import without_autocast
+
+# A CPU core's level-2 cache at or above which float32 products take 128-row chunks, below it 512 (`chunk_rows`).
+LARGE_L2_CACHE = 2 * 2**20
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -98,19 +104,46 @@ def linear_cross_entropy(features, weight, bias, labels, chunk_size=None, label_
         features: ... x D, the output layer's input.
         weight, bias: the output layer (V x D, V or None).
         labels: ..., target ids or -100.
-        chunk_size: rows per chunk; by default 128 for float32 products, 256 for bfloat16. 128 rows of float32
-            logits (4 MB at V = 8,000) stay in the cache between the softmax and the two products that read them:
-            the loss and gradients 4-11% faster than with 512; with bf16 products, 256 rows were 17% faster than
-            128 and 512 (measured, 2-core Xeon with AMX, D = 256 and 512).
+        chunk_size: rows per chunk; by default `chunk_rows(matmul_dtype, device)`.
         label_smoothing: e in [0, 1), the weight of the uniform distribution in the target (see
             `LinearCrossEntropy`).
         matmul_dtype: the dtype of the three products (default: the weight's), e.g. torch.bfloat16 under autocast.
     """
     matmul_dtype = matmul_dtype or weight.dtype
-    chunk_size = chunk_size or (128 if matmul_dtype == torch.float32 else 256)
+    chunk_size = chunk_size or chunk_rows(matmul_dtype, features.device)
     # Row indices, not a boolean mask: the backward pass of index_select is ~6x faster than a mask's (2-core Xeon).
     rows = (labels.reshape(-1) != -100).nonzero().squeeze(1)
     features = features.reshape(-1, features.size(-1)).index_select(0, rows)
     with without_autocast(features):  # the dtypes are chosen above; autocast would run the smoothing sums in bf16
         return LinearCrossEntropy.apply(features, weight, bias, labels.reshape(-1).index_select(0, rows), chunk_size,
                                         label_smoothing, matmul_dtype)
+
+
+def chunk_rows(matmul_dtype, device):
+    """The fused loss's rows per chunk, chosen by the cache the chunk's C x V logits are read back from.
+
+    Float32 on a CPU whose cores have 2 MiB of level-2 cache (the 2-core Xeon with AMX): 128 rows, whose logits
+    (4 MB at V = 8,000) stay in the two cores' L2 between the softmax and the two products that read them, the loss
+    and gradients 4-11% faster than with 512 (D = 256 and 512). With less L2 (the 2-core AMD EPYC, 1 MiB per core,
+    32 MiB of L3) the logits come from the L3 at any useful size, and larger products win: 512 rows 17-25% faster
+    than 128 at D = 512, 10-14% at D = 256. Elsewhere (other devices, an unknown cache) 128. With bf16 products
+    256 rows (17% faster than 128 and 512 on the Xeon).
+    """
+    if matmul_dtype != torch.float32:
+        return 256
+    l2_bytes = cpu_l2_cache_bytes() if device.type == "cpu" else None
+    return 512 if l2_bytes is not None and l2_bytes < LARGE_L2_CACHE else 128
+
+
+@cache
+def cpu_l2_cache_bytes(cpu_folder="/sys/devices/system/cpu/cpu0"):
+    """The level-2 cache of one core in bytes, read from Linux's sysfs; None where it does not say."""
+    for index in sorted(Path(cpu_folder, "cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            size = (index / "size").read_text().strip()  # "1024K"
+        except OSError:
+            continue
+        if level == "2" and size[:-1].isdigit() and size[-1] in "KM":
+            return int(size[:-1]) * (2**10 if size[-1] == "K" else 2**20)
+    return None

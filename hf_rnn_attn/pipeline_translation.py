@@ -13,6 +13,11 @@ next to the weights and records it there, so in any process, with or without `hf
 This file and `alignment.py` import only torch and transformers, so they load from a folder on their own.
 """
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig, Pipeline
 
@@ -56,6 +61,7 @@ class RNNAttnTranslationPipeline(Pipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._tokenizer_lock = threading.Lock()  # searches side by side share the tokenizer
         if self.tokenizer is None:
             raise ValueError("RNNAttnTranslationPipeline needs a tokenizer; pass `tokenizer=`.")
 
@@ -83,20 +89,44 @@ class RNNAttnTranslationPipeline(Pipeline):
         batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
         num_beams = self._setting(kwargs, "num_beams") or 1
         if self._decodes_with_lean_loop(kwargs) and batch_size > 1:
-            # Many batches' worth per generate() call, `batch_size` sentences decoding at a time, each that ends
-            # replaced by the next (lean_decoding's greedy_search and beam_search): the same translations, no batch
-            # waits for its longest one. Longest first: once the long sources have ended, the rows drop their
-            # padding columns.
-            group, results = BATCHES_PER_CALL * batch_size, []
-            for start in range(0, len(ordered), group):
-                results += super().__call__(ordered[start:start + group], batch_size=group,
-                                            max_active_rows=batch_size * num_beams, **kwargs)
+            translate = partial(self._translate_refilling, batch_size=batch_size, max_active_rows=batch_size * num_beams,
+                                **kwargs)
+            searches = self._side_by_side_searches(len(ordered), batch_size)
+            if searches == 1:
+                results = translate(ordered)
+            else:
+                results = [None] * len(ordered)
+                with torch_threads(1), ThreadPoolExecutor(searches) as pool:
+                    shares = [ordered[first::searches] for first in range(searches)]  # similar lengths in each
+                    for first, share_results in enumerate(pool.map(translate, shares)):
+                        results[first::searches] = share_results
         else:
             results = super().__call__(ordered, batch_size=batch_size, **kwargs)
         translations = [None] * len(texts)
         for index, translation in zip(order, results):
             translations[index] = translation
         return translations
+
+    def _translate_refilling(self, texts, batch_size, max_active_rows, **kwargs):
+        """Many batches' worth per generate() call, `batch_size` sentences decoding at a time, each that ends
+        replaced by the next (lean_decoding's greedy_search and beam_search): the same translations, no batch waits
+        for its longest one. Longest first: once the long sources have ended, the rows drop their padding columns."""
+        group, results = BATCHES_PER_CALL * batch_size, []
+        for start in range(0, len(texts), group):
+            results += super().__call__(texts[start:start + group], batch_size=group, max_active_rows=max_active_rows,
+                                        **kwargs)
+        return results
+
+    def _side_by_side_searches(self, num_texts, batch_size):
+        """How many searches decode a call's texts at once, each in a thread of its own on one torch thread: one
+        per torch thread on the CPU, while each gets a batch's worth of texts; else one, on all threads.
+
+        Most of a search step is products of one batch of rows and small elementwise operations, which torch does
+        not split well over threads (most run on one); two searches side by side on 2 cores each run their own
+        operations whole, in threads (torch releases the GIL while it computes)."""
+        if self.device.type != "cpu":
+            return 1
+        return max(1, min(torch.get_num_threads(), num_texts // batch_size))
 
     def _setting(self, call_kwargs, name):
         """A generation setting: the call's, else the pipeline's, else the model's."""
@@ -142,7 +172,8 @@ class RNNAttnTranslationPipeline(Pipeline):
     def preprocess(self, text, truncation=None, max_source_length=None):
         if not isinstance(text, str):
             raise ValueError(f"Translation inputs must be strings (or a list of strings), got {type(text).__name__}.")
-        encoded = self.tokenizer(text, truncation=truncation, max_length=max_source_length, return_tensors="pt")
+        with self._tokenizer_lock:  # a fast tokenizer sets its truncation per call: one call at a time
+            encoded = self.tokenizer(text, truncation=truncation, max_length=max_source_length, return_tensors="pt")
         # Only what the encoder reads: fast tokenizers may add token_type_ids, which generate() would carry along.
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
@@ -163,11 +194,12 @@ class RNNAttnTranslationPipeline(Pipeline):
         return grouped
 
     def postprocess(self, model_outputs, clean_up_tokenization_spaces=False):
-        records = [
-            {"translation_text": self.tokenizer.decode(ids, skip_special_tokens=True,
-                                                       clean_up_tokenization_spaces=clean_up_tokenization_spaces)}
-            for ids in model_outputs["output_ids"][0]  # n x T
-        ]
+        with self._tokenizer_lock:
+            records = [
+                {"translation_text": self.tokenizer.decode(ids, skip_special_tokens=True,
+                                                           clean_up_tokenization_spaces=clean_up_tokenization_spaces)}
+                for ids in model_outputs["output_ids"][0]  # n x T
+            ]
         if "attention" in model_outputs:
             source_ids = model_outputs["input_ids"][0][model_outputs["attention_mask"][0].bool()]  # S
             for record, ids, weights in zip(records, model_outputs["output_ids"][0], model_outputs["attention"][0]):
@@ -176,6 +208,17 @@ class RNNAttnTranslationPipeline(Pipeline):
                 record.update(word_attention(self.tokenizer, source_ids, target_ids,
                                              weights[:length, :source_ids.shape[0]]))
         return records
+
+
+@contextmanager
+def torch_threads(count):
+    """torch's intra-op threads set to `count` for the block (for the whole process), then put back."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _is_blank(text):

@@ -7,6 +7,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from hf_rnn_attn import attention, lean_decoding, modeling_rnn_attn
 from hf_rnn_attn.attention import AdditiveScoreFunction
 from hf_rnn_attn.fused_unroll import _GRUAttentionUnroll, fuses
+from hf_rnn_attn import linear_cross_entropy as fused_loss
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
 from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
 
@@ -63,6 +64,24 @@ def test_linear_cross_entropy_in_chunks_equals_cross_entropy_of_the_logits(chunk
     torch.testing.assert_close(fused, plain)
     for fused_grad, t in zip(fused_grads, leaves):
         torch.testing.assert_close(fused_grad, t.grad)
+
+
+@pytest.mark.parametrize("l2_bytes, device, dtype, rows", [
+    (2 * 2**20, "cpu", torch.float32, 128), (2**20, "cpu", torch.float32, 512), (2**19, "cpu", torch.float32, 512),
+    (None, "cpu", torch.float32, 128), (2**20, "cuda", torch.float32, 128), (2**20, "cpu", torch.bfloat16, 256)])
+def test_the_fused_loss_chunk_follows_the_level_2_cache(l2_bytes, device, dtype, rows, monkeypatch):
+    monkeypatch.setattr(fused_loss, "cpu_l2_cache_bytes", lambda: l2_bytes)
+    assert fused_loss.chunk_rows(dtype, torch.device(device)) == rows
+
+
+def test_the_level_2_cache_is_read_from_sysfs(tmp_path):
+    for index, (level, size) in enumerate([("1", "48K"), ("1", "32K"), ("2", "1024K"), ("3", "32768K")]):
+        folder = tmp_path / "cache" / f"index{index}"
+        folder.mkdir(parents=True)
+        (folder / "level").write_text(level + "\n")
+        (folder / "size").write_text(size + "\n")
+    assert fused_loss.cpu_l2_cache_bytes.__wrapped__(tmp_path) == 2**20
+    assert fused_loss.cpu_l2_cache_bytes.__wrapped__(tmp_path / "missing") is None
 
 
 GRU_ENCODERS = ["bigru-bahdanau", "bigru-2layer-decoder-tanh", "gru-unidirectional-zeros-location"]

@@ -25,7 +25,7 @@ from hf_rnn_attn import cli
 from hf_rnn_attn.configuration_rnn_attn import PRESETS
 from hf_rnn_attn.hub import HubUploadError, hub_files, push_to_hub, save_for_hub
 from hf_rnn_attn.model_card import card_contents, card_template, render_model_card
-from hf_rnn_attn.pipeline_translation import RNNAttnTranslationPipeline, translation_pipeline
+from hf_rnn_attn.pipeline_translation import RNNAttnTranslationPipeline, torch_threads, translation_pipeline
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
 from hf_rnn_attn_runtime import command_line
@@ -215,19 +215,44 @@ def test_pipeline_batches_sources_of_similar_length_and_keeps_the_input_order(tr
     monkeypatch.setattr(saved.model, "generate", lambda **kwargs: calls.append(
         (kwargs["attention_mask"].sum(1).tolist(), kwargs.get("max_active_rows"))) or generate(**kwargs))
     lengths = sorted((len(saved.tokenizer(text)["input_ids"]) for text in SOURCES), reverse=True)
-    # Beam search: one generate() call, longest first, 2 sentences (2 x 3 rows) decoding at a time.
-    beams = translator(SOURCES, batch_size=2, num_beams=3)
-    assert [records[0]["translation_text"] for records in beams] == saved.references[1]
-    assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths, 6)]
-    # Greedy search: the same, 2 rows.
-    calls.clear()
-    assert translator(SOURCES, batch_size=2) == [[{"translation_text": text}] for text in saved.references[0]]
-    assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths, 2)]
+    with torch_threads(1):  # one search (side by side: the next test)
+        # Beam search: one generate() call, longest first, 2 sentences (2 x 3 rows) decoding at a time.
+        beams = translator(SOURCES, batch_size=2, num_beams=3)
+        assert [records[0]["translation_text"] for records in beams] == saved.references[1]
+        assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths, 6)]
+        # Greedy search: the same, 2 rows.
+        calls.clear()
+        assert translator(SOURCES, batch_size=2) == [[{"translation_text": text}] for text in saved.references[0]]
+        assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths, 2)]
     # Sampling runs transformers' loop, which cannot refill: batches of 2, longest first.
     calls.clear()
     translator(SOURCES, batch_size=2, do_sample=True, max_new_tokens=3)
     assert [(sorted(batch, reverse=True), rows) for batch, rows in calls] == [(lengths[:2], None), (lengths[2:], None)]
 
+
+def test_pipeline_runs_one_search_per_torch_thread_side_by_side(translator, saved, monkeypatch):
+    """With T torch threads on the CPU and T batches' worth of sentences, T searches decode at once, each in a thread
+    of its own over every T-th sentence of the length order, on one torch thread: the same translations."""
+    calls = []
+    generate = saved.model.generate
+    monkeypatch.setattr(saved.model, "generate", lambda **kwargs: calls.append(
+        (sorted(kwargs["attention_mask"].sum(1).tolist(), reverse=True), kwargs.get("max_active_rows"),
+         torch.get_num_threads())) or generate(**kwargs))
+    lengths = sorted((len(saved.tokenizer(text)["input_ids"]) for text in SOURCES), reverse=True)
+    with torch_threads(2):
+        for num_beams, references in zip([1, 3], saved.references):
+            calls.clear()
+            translations = translator(SOURCES, batch_size=2, num_beams=num_beams)
+            assert [records[0]["translation_text"] for records in translations] == references
+            assert sorted(calls) == sorted([(lengths[0::2], 2 * num_beams, 1), (lengths[1::2], 2 * num_beams, 1)])
+            assert torch.get_num_threads() == 2
+        calls.clear()  # fewer than two batches' worth: one search on both threads
+        assert translator(SOURCES, batch_size=3) == [[{"translation_text": text}] for text in saved.references[0]]
+        assert calls == [(lengths, 3, 2)]
+        monkeypatch.setattr(saved.model, "generate", lambda **kwargs: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            translator(SOURCES, batch_size=2)
+        assert torch.get_num_threads() == 2
 
 def test_pipeline_checks_languages_against_the_config(saved):
     saved.model.config.src_lang, saved.model.config.tgt_lang = "es", "en"
