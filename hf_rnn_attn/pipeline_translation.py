@@ -89,8 +89,8 @@ class RNNAttnTranslationPipeline(Pipeline):
         batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
         num_beams = self._setting(kwargs, "num_beams") or 1
         if self._decodes_with_lean_loop(kwargs) and batch_size > 1:
-            translate = partial(self._translate_refilling, batch_size=batch_size, max_active_rows=batch_size * num_beams,
-                                **kwargs)
+            rows = batch_size * num_beams
+            translate = partial(self._translate_refilling, batch_size=batch_size, max_active_rows=rows, **kwargs)
             searches = self._side_by_side_searches(len(ordered), batch_size)
             if searches == 1:
                 results = translate(ordered)
