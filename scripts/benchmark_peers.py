@@ -18,8 +18,10 @@ space-separated subwords and a vocabulary written from the tokenizer; its output
 the same tokenizer). They train one after the other for --train_steps steps of 64 sentences, then translate the
 first --decode_sentences test verses through their own command lines, each timed as a whole process. Everything
 runs with --threads threads. One markdown table is printed and written with all raw numbers to
-OUTPUT_DIR/results.json. With --bf16, ours trains a second time under bf16 autocast (`--bf16 true`; it decodes in
-fp32 as always) and a second table compares that run with the same OpenNMT-py run, against the bf16 matmul peak.
+OUTPUT_DIR/results.json, with notes: among them each decoding that spent over a tenth of its time in the kernel
+(OpenNMT-py's beam search does in some runs and not in others, with the same input). With --bf16, ours trains a
+second time under bf16 autocast (`--bf16 true`; it decodes in fp32 as always) and a second table compares that
+run with the same OpenNMT-py run, against the bf16 matmul peak.
 With --int8, each toolkit also translates with its own dynamic int8 quantisation of its fp32 model
 (`onmt_translate -int8`, `hf-rnn-attn translate --int8`: both torch.ao's `quantize_dynamic`), in a third table.
 With --onnx, ours is also exported once (`hf-rnn-attn export`, timed apart) and translates through `hf-rnn-attn
@@ -70,6 +72,8 @@ ONMT_SETTINGS = {
     "transforms": ["filtertoolong"], "src_seq_length": 128, "tgt_seq_length": 128,
     "share_vocab": True, "report_every": 1,  # one log line per step gives its exact target tokens and loop end
 }
+# The names of `measure`'s runs in the printed notes.
+TOOLKIT_NAMES = {"onmt": "OpenNMT-py", "ours": "hf_rnn_attn", "ours-bf16": "hf_rnn_attn trained in bf16"}
 # The same architecture in each toolkit's terms. --encoder_hidden_size 128 matches OpenNMT-py's brnn, which
 # splits hidden_size 256 into two 128 directions; its Luong decoder without input feeding is lstm-luong's.
 PRESETS = {
@@ -192,8 +196,17 @@ def run_measured(command, log_path, env_extra=None):
     wall = time.perf_counter() - start
     if process.returncode != 0:
         sys.exit(f"{Path(command[0]).name} failed (exit {process.returncode}); see {log_path}")
-    peak_kib = re.search(r"Maximum resident set size \(kbytes\): (\d+)", rusage_path.read_text())
-    return {"wall_seconds": wall, "peak_rss_mib": int(peak_kib.group(1)) / 1024, "command": list(map(str, command))}
+    return {"wall_seconds": wall, **read_rusage(rusage_path.read_text()), "command": list(map(str, command))}
+
+
+def read_rusage(text):
+    """Peak RSS, seconds in the kernel and minor page faults from GNU time's `-v` report."""
+    def number(label):
+        return float(re.search(rf"{re.escape(label)}: ([\d.]+)", text).group(1))
+
+    return {"peak_rss_mib": number("Maximum resident set size (kbytes)") / 1024,
+            "system_seconds": number("System time (seconds)"),
+            "page_faults": int(number("Minor (reclaiming a frame) page faults"))}
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -590,6 +603,22 @@ def onmt_start_note(onmt_train, ours):
     return note
 
 
+def kernel_time_notes(results, share=0.1):
+    """A note for each decoding that spent more than `share` of its wall time in the kernel: OpenNMT-py's beam
+    search takes one of two times with the same input, run to run, the slower one with millions of page faults
+    (memory handed back to the kernel and faulted in again), and its ratio moves with it."""
+    notes = []
+    for name, result in results.items():
+        for key, run in ((result or {}).get("decode") or {}).items():
+            if run.get("system_seconds", 0) > share * run["wall_seconds"]:
+                beams, *options = key.split()
+                decoding = " ".join(["greedy" if beams == "1" else f"beam {beams}", *options])
+                seconds, faults = run["system_seconds"], run["page_faults"] / 1e6
+                notes.append(f"{TOOLKIT_NAMES.get(name, name)}, {decoding}: {seconds:.1f} s of its "
+                             f"{run['wall_seconds']:.1f} s in the kernel ({faults:.1f} million page faults).")
+    return notes
+
+
 def markdown_table(rows, ours="hf_rnn_attn", theirs="OpenNMT-py 3.0.4"):
     lines = [f"| metric | {theirs} | {ours} | ratio (> 1: hf_rnn_attn better) |", "|---|---:|---:|---:|"]
     return "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in rows)])
@@ -658,6 +687,7 @@ def main(argv=None):
                          f"({results[key]['train']['steps']} steps), not from this one.")
     if results["onmt"] is not None:
         notes.append(onmt_start_note(results["onmt"]["train"], results["ours"]))
+    notes += kernel_time_notes(results)
     if results["ours"] is not None and results["ours"]["train"].get("target_tokens_estimated"):
         notes.append("hf_rnn_attn's target tokens are estimated (mean train target length + 1, x 64 x steps): "
                      "scripts/train.py reported no train_target_tokens.")

@@ -1,7 +1,8 @@
 """The side-by-side benchmark's decoding runs: with --int8 each toolkit decodes with its own int8 option, into files
 of their own, and the int8 table compares int8 with int8 only; with --onnx ours also decodes its ONNX export, in
 a table against OpenNMT-py's decodes of the same precision; with --reuse, a training measured in an earlier run
-keeps that run's matmul peak."""
+keeps that run's matmul peak; GNU time's report gives each command's kernel time, and a note names
+the decodings that spent over a tenth of their time there."""
 
 import json
 from types import SimpleNamespace
@@ -114,3 +115,30 @@ def test_a_reused_training_keeps_the_matmul_peak_of_the_run_that_trained(monkeyp
     saved = json.loads((tmp_path / "ours" / "training.json").read_text())
     assert saved["matmul_peak_flops"] == 20.0e9
     assert measured(saved, 40.0e9) == 100 * 1.0e6 * 2000.0 / 20.0e9  # reused in a later run: still its own peak
+
+
+GNU_TIME_REPORT = """\tCommand being timed: "onmt_translate -beam_size 5"
+\tUser time (seconds): 82.00
+\tSystem time (seconds): 12.70
+\tPercent of CPU this job got: 191%
+\tMaximum resident set size (kbytes): 720160
+\tMajor (requiring I/O) page faults: 0
+\tMinor (reclaiming a frame) page faults: 5863628
+\tExit status: 0
+"""
+
+
+def test_gnu_time_report_gives_peak_memory_kernel_seconds_and_page_faults():
+    assert benchmark_peers.read_rusage(GNU_TIME_REPORT) == {
+        "peak_rss_mib": 720160 / 1024, "system_seconds": 12.7, "page_faults": 5863628}
+
+
+def test_a_note_names_each_decoding_with_over_a_tenth_of_its_time_in_the_kernel():
+    def decoding(wall, system):
+        return {"wall_seconds": wall, "system_seconds": system, "page_faults": 5_863_628}
+
+    results = {"onmt": {"decode": {"1": decoding(14.6, 1.0), "5": decoding(49.4, 12.7)}},
+               "ours": {"decode": {"5": decoding(21.5, 2.0), "5 onnx": decoding(13.4, 1.5)}}, "ours-bf16": None}
+    assert benchmark_peers.kernel_time_notes(results) == [
+        "OpenNMT-py, beam 5: 12.7 s of its 49.4 s in the kernel (5.9 million page faults).",
+        "hf_rnn_attn, beam 5 onnx: 1.5 s of its 13.4 s in the kernel (5.9 million page faults)."]
