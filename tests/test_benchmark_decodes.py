@@ -1,8 +1,8 @@
 """The side-by-side benchmark's decoding runs: with --int8 each toolkit decodes with its own int8 option, into files
 of their own, and the int8 table compares int8 with int8 only; with --onnx ours also decodes its ONNX export, in
 a table against OpenNMT-py's decodes of the same precision; with --reuse, a training measured in an earlier run
-keeps that run's matmul peak; GNU time's report gives each command's kernel time, and a note names
-the decodings that spent over a tenth of their time there."""
+keeps that run's matmul peak; GNU time's report gives each command's kernel time, and a note names the decodings
+that spent over a tenth of their time there."""
 
 import json
 from types import SimpleNamespace
