@@ -18,10 +18,10 @@ space-separated subwords and a vocabulary written from the tokenizer; its output
 the same tokenizer). They train one after the other for --train_steps steps of 64 sentences, then translate the
 first --decode_sentences test verses through their own command lines, each timed as a whole process. Everything
 runs with --threads threads. One markdown table is printed and written with all raw numbers to
-OUTPUT_DIR/results.json, with notes: among them each decoding that spent over a tenth of its time in the kernel
-(OpenNMT-py's beam search does in some runs and not in others, with the same input). With --bf16, ours trains a
-second time under bf16 autocast (`--bf16 true`; it decodes in fp32 as always) and a second table compares that
-run with the same OpenNMT-py run, against the bf16 matmul peak.
+OUTPUT_DIR/results.json, with notes: among them each decoding that spent over a tenth of its time (and over 2 s) in
+the kernel (OpenNMT-py's beam search does in some runs and not in others, with the same input). With --bf16, ours
+trains a second time under bf16 autocast (`--bf16 true`; it decodes in fp32 as always) and a second table compares
+that run with the same OpenNMT-py run, against the bf16 matmul peak.
 With --int8, each toolkit also translates with its own dynamic int8 quantisation of its fp32 model
 (`onmt_translate -int8`, `hf-rnn-attn translate --int8`: both torch.ao's `quantize_dynamic`), in a third table.
 With --onnx, ours is also exported once (`hf-rnn-attn export`, timed apart) and translates through `hf-rnn-attn
@@ -603,14 +603,15 @@ def onmt_start_note(onmt_train, ours):
     return note
 
 
-def kernel_time_notes(results, share=0.1):
-    """A note for each decoding that spent more than `share` of its wall time in the kernel: OpenNMT-py's beam
-    search takes one of two times with the same input, run to run, the slower one with millions of page faults
-    (memory handed back to the kernel and faulted in again), and its ratio moves with it."""
+def kernel_time_notes(results, share=0.1, least_seconds=2.0):
+    """A note for each decoding that spent more than `share` of its wall time, and more than `least_seconds`, in the
+    kernel: OpenNMT-py's beam search takes one of two times with the same input, run to run, the slower one with
+    millions of page faults (memory handed back to the kernel and faulted in again), and its ratio moves with it.
+    Starting a process takes about half a second of kernel time, hence the floor."""
     notes = []
     for name, result in results.items():
         for key, run in ((result or {}).get("decode") or {}).items():
-            if run.get("system_seconds", 0) > share * run["wall_seconds"]:
+            if run.get("system_seconds", 0) > max(share * run["wall_seconds"], least_seconds):
                 beams, *options = key.split()
                 decoding = " ".join(["greedy" if beams == "1" else f"beam {beams}", *options])
                 seconds, faults = run["system_seconds"], run["page_faults"] / 1e6
