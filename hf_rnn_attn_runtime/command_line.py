@@ -59,7 +59,10 @@ def build_parser():
     translate.add_argument("--model", required=True, help="Folder of a saved model (config.json, weights, tokenizer).")
     translate.add_argument("--input", help="UTF-8 text file, one source sentence per line (default: stdin).")
     translate.add_argument("--output", help="File to write, one translation per line (default: stdout).")
-    translate.add_argument("--batch_size", type=_positive_int, default=32, help="Sentences per generate() call.")
+    translate.add_argument("--batch_size", type=_positive_int, default=32,
+                           help="Sentences decoding at a time; greedy and beam search give the places of those that "
+                                "end to the next. On PyTorch each search side by side (--threads) decodes this many; "
+                                "the onnx backend's searches share them.")
     translate.add_argument("--num_beams", type=_positive_int, default=None,
                            help="Beam size (default: the model's generation_config).")
     translate.add_argument("--max_new_tokens", type=_positive_int, default=None,
