@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
-from hf_rnn_attn_runtime.command_line import (CommandError, CommandFailure, console_main, main, run_translate,
-                                              translate_lines, write_atomically)
+from hf_rnn_attn_runtime.command_line import (CommandError, CommandFailure, console_main, main, onnx_extra_needed,
+                                              run_translate, translate_lines, write_atomically)
 
 from .alignment import NoAttentionError
 from .hub import HubUploadError, check_model_folder, push_to_hub
@@ -93,7 +93,8 @@ def write_attention(args, lines, records, problems):
 # ----------------------------------------------------------------------------------------------------- export
 
 def run_export(args):
-    from .onnx_export import export_onnx  # torch.onnx, onnx and onnxruntime only when asked for
+    with onnx_extra_needed():
+        from .onnx_export import export_onnx  # torch.onnx, onnx and onnxruntime only when asked for
 
     transformers_logging.disable_progress_bar()
     try:

@@ -5,6 +5,14 @@ It imports neither torch nor transformers (importing `hf_rnn_attn` loads both, a
 (`hf_rnn_attn.onnx_export`).
 """
 
-from .onnx import ONNXGeneration, ONNXTranslator
-
 __all__ = ["ONNXGeneration", "ONNXTranslator"]
+
+
+def __getattr__(name):
+    """The translator imports onnxruntime (the `onnx` extra) on first use, not with the package: the `hf-rnn-attn`
+    command, whose every subcommand starts in `command_line` here, must run without it."""
+    if name in __all__:
+        from . import onnx
+
+        return getattr(onnx, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,11 +26,14 @@ import argparse
 import gc
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 BACKENDS = ("torch", "onnx")
+# The optional dependencies of `export` and `translate --backend onnx` (pyproject.toml's `onnx` extra).
+ONNX_EXTRA = ("onnx", "onnxruntime")
 # What the onnx backend does not do: it records no attention and runs on onnxruntime's CPU provider.
 TORCH_ONLY_OPTIONS = ("device", "attention_dir", "alignments", "source_length_cap", "coverage_penalty", "ensemble")
 
@@ -178,6 +181,17 @@ def _runs_without_torch(args):
     return args.command == "translate" and args.backend == "onnx"
 
 
+@contextmanager
+def onnx_extra_needed():
+    """Turns a missing onnx or onnxruntime, the optional `onnx` extra, into the command's one-line error."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if error.name not in ONNX_EXTRA:
+            raise
+        raise CommandError(f'{error.name} is not installed: pip install "hf_rnn_attn[onnx]"') from error
+
+
 def fail(command, error, status):
     message = " ".join(str(error).split())  # one line, whatever the underlying error printed
     print(f"hf-rnn-attn {command}: error: {message}", file=sys.stderr)
@@ -239,8 +253,8 @@ def run_translate(args, load_translator):
 
 
 def load_onnx_translator(args):
-    from .onnx import ONNXTranslator  # onnxruntime only when asked for
-
+    with onnx_extra_needed():
+        from .onnx import ONNXTranslator  # onnxruntime only when asked for
     try:
         return ONNXTranslator(args.model, int8=args.int8, threads=args.threads)
     except (OSError, ValueError, KeyError) as error:

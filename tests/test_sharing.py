@@ -446,6 +446,35 @@ def test_cli_translate_stdin_to_stdout(saved, tmp_path):
     assert completed.stdout.split("\n") == [greedy[0], "", greedy[1], greedy[2], greedy[3], ""]
 
 
+WITHOUT_ONNX_EXTRA = """
+import json, sys
+sys.modules["onnx"] = sys.modules["onnxruntime"] = None  # an install without the `onnx` extra
+from hf_rnn_attn_runtime.command_line import main
+print(json.dumps([main(argv) for argv in json.loads(sys.argv[1])]))
+"""
+
+
+def test_cli_runs_without_the_onnx_extra_and_says_what_its_onnx_commands_need(saved, tmp_path):
+    """onnx and onnxruntime are an optional extra: without them `translate` runs on PyTorch, and `export` and
+    `--backend onnx` say what to install instead of failing to import."""
+    source, output = tmp_path / "source.txt", tmp_path / "out.txt"
+    source.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
+    commands = [["translate", "--model", str(saved.folder), "--input", str(source), "--output", str(output),
+                 "--batch_size", "2", "--max_new_tokens", "12", "--device", "cpu"],
+                ["translate", "--backend", "onnx", "--model", str(saved.folder), "--input", str(source)],
+                ["export", "--model", str(saved.folder), "--output", str(tmp_path / "graphs")]]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    completed = subprocess.run([sys.executable, "-c", WITHOUT_ONNX_EXTRA, json.dumps(commands)], capture_output=True,
+                               text=True, encoding="utf-8", env=env, cwd=tmp_path, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == [0, 2, 2]
+    assert output.read_text(encoding="utf-8").split("\n") == [*saved.references[0], ""]
+    assert completed.stderr.strip().splitlines() == [
+        'hf-rnn-attn translate: error: onnxruntime is not installed: pip install "hf_rnn_attn[onnx]"',
+        'hf-rnn-attn export: error: onnx is not installed: pip install "hf_rnn_attn[onnx]"']
+    assert not (tmp_path / "graphs").exists()
+
+
 def test_console_script_freezes_the_imports_then_runs_the_command(monkeypatch):
     """`hf-rnn-attn` is `console_main`: the command's imports (torch and the model code unless it is `translate
     --backend onnx`), the imported objects frozen (a faster exit), then the command, whose status is the
