@@ -459,6 +459,13 @@ def onnx_key(key):
     return " ".join([beams, "onnx", *int8])
 
 
+def decoding_name(key):
+    """A decoding's name in the table and notes: "1" -> "greedy", "5 int8" -> "beam 5 int8", "5 onnx" -> "beam 5
+    onnx"."""
+    beams, *options = key.split()
+    return " ".join(["greedy" if beams == "1" else f"beam {beams}", *options])
+
+
 def translate_ours(args, data, folder, num_beams, int8=False, onnx=False):
     name = f"beam{num_beams}{'.onnx' if onnx else ''}{'.int8' if int8 else ''}"
     output = folder / f"test.{name}.txt"
@@ -576,10 +583,10 @@ def table_rows(args, theirs, ours, precision="fp32", int8=False, onnx=False):
         row(f"training: % of {peak}", ("train", "percent_of_matmul_peak"), 1),
         row("training: peak RSS (MiB)", ("train", "peak_rss_mib"), 0, better="lower"),
     ]
-    for key, beams, _ in decodes_to_time(args):
+    for key, _, _ in decodes_to_time(args):
         if int8 != key.endswith("int8"):
             continue
-        name = ("greedy" if beams == 1 else f"beam {beams}") + (" int8" if int8 else "")
+        name = decoding_name(key)
         ours_key = onnx_key(key) if onnx else key
         rows += [row(f"{name}: sentences/s, process start included", ("decode", key, "sentences_per_second"), 1,
                      our_keys=("decode", ours_key, "sentences_per_second")),
@@ -612,10 +619,8 @@ def kernel_time_notes(results, share=0.1, least_seconds=2.0):
     for name, result in results.items():
         for key, run in ((result or {}).get("decode") or {}).items():
             if run.get("system_seconds", 0) > max(share * run["wall_seconds"], least_seconds):
-                beams, *options = key.split()
-                decoding = " ".join(["greedy" if beams == "1" else f"beam {beams}", *options])
                 seconds, faults = run["system_seconds"], run["page_faults"] / 1e6
-                notes.append(f"{TOOLKIT_NAMES.get(name, name)}, {decoding}: {seconds:.1f} s of its "
+                notes.append(f"{TOOLKIT_NAMES.get(name, name)}, {decoding_name(key)}: {seconds:.1f} s of its "
                              f"{run['wall_seconds']:.1f} s in the kernel ({faults:.1f} million page faults).")
     return notes
 

@@ -5,9 +5,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from hf_rnn_attn import attention, lean_decoding, modeling_rnn_attn
+from hf_rnn_attn import linear_cross_entropy as fused_loss
 from hf_rnn_attn.attention import AdditiveScoreFunction
 from hf_rnn_attn.fused_unroll import _GRUAttentionUnroll, fuses
-from hf_rnn_attn import linear_cross_entropy as fused_loss
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
 from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
 

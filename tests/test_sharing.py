@@ -254,6 +254,7 @@ def test_pipeline_runs_one_search_per_torch_thread_side_by_side(translator, save
             translator(SOURCES, batch_size=2)
         assert torch.get_num_threads() == 2
 
+
 def test_pipeline_checks_languages_against_the_config(saved):
     saved.model.config.src_lang, saved.model.config.tgt_lang = "es", "en"
     try:
@@ -432,14 +433,18 @@ def test_push_rejects_bad_folders_and_ids(saved, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
+def cli_env():
+    """The environment of a command-line subprocess: this checkout's package, offline."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def test_cli_translate_stdin_to_stdout(saved, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     lines = [SOURCES[0], "", SOURCES[1], SOURCES[2], SOURCES[3]]
     completed = subprocess.run(
         [sys.executable, "-m", "hf_rnn_attn.cli", "translate", "--model", str(saved.folder), "--batch_size", "2",
          "--max_new_tokens", "12", "--device", "cpu"],
-        input="\n".join(lines) + "\n", capture_output=True, text=True, encoding="utf-8", env=env, cwd=tmp_path,
-        timeout=600,
+        input="\n".join(lines) + "\n", capture_output=True, text=True, encoding="utf-8", env=cli_env(),
+        cwd=tmp_path, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     greedy = saved.references[0]
@@ -463,9 +468,8 @@ def test_cli_runs_without_the_onnx_extra_and_says_what_its_onnx_commands_need(sa
                  "--batch_size", "2", "--max_new_tokens", "12", "--device", "cpu"],
                 ["translate", "--backend", "onnx", "--model", str(saved.folder), "--input", str(source)],
                 ["export", "--model", str(saved.folder), "--output", str(tmp_path / "graphs")]]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     completed = subprocess.run([sys.executable, "-c", WITHOUT_ONNX_EXTRA, json.dumps(commands)], capture_output=True,
-                               text=True, encoding="utf-8", env=env, cwd=tmp_path, timeout=600)
+                               text=True, encoding="utf-8", env=cli_env(), cwd=tmp_path, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == [0, 2, 2]
     assert output.read_text(encoding="utf-8").split("\n") == [*saved.references[0], ""]
@@ -589,13 +593,12 @@ def test_cli_failed_write_keeps_the_previous_output(saved, tmp_path):
     """A write that fails midway (here: a file size limit, as a full disk would) must not destroy the file."""
     output = tmp_path / "out.txt"
     output.write_text("the previous translations\n", encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     limit = 40  # bytes; the translations below are longer
     completed = subprocess.run(
         [sys.executable, "-m", "hf_rnn_attn.cli", "translate", "--model", str(saved.folder), "--output", str(output),
          "--max_new_tokens", "12", "--device", "cpu"],
-        input="\n".join(SOURCES * 5) + "\n", capture_output=True, text=True, encoding="utf-8", env=env, cwd=tmp_path,
-        timeout=600, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+        input="\n".join(SOURCES * 5) + "\n", capture_output=True, text=True, encoding="utf-8", env=cli_env(),
+        cwd=tmp_path, timeout=600, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
     )
     assert completed.returncode == 2, completed.stderr[-3000:]
     assert_one_line_error(completed.stderr)
