@@ -12,11 +12,10 @@ and `local_window` turns the scores and `p_t` into the window's scores and mask.
 and source positions count from 1.
 """
 
-import math
-import threading
-
 import torch
 from torch import nn
+
+from .workspace import workspace
 
 
 class AdditiveScore(nn.Module):
@@ -48,7 +47,7 @@ class AdditiveScoreFunction(torch.autograd.Function):
 
     That tensor would take 8 MB for each step of a 64-sentence batch with S = 128 and A = 256, and autograd
     would keep one per step for the backward pass; this function keeps only the queries and keys and recomputes
-    `s` in the backward pass. It is built, a block of query steps at a time, in one reused buffer (`_workspace`):
+    `s` in the backward pass. It is built, a block of query steps at a time, in one reused buffer (`workspace.py`):
     allocated afresh at every decoder step, it left the heap full of holes that small saved tensors had split
     (glibc), and training peaked at three times its live memory.
     """
@@ -101,7 +100,6 @@ def additive_score_sums(grad_scores, query, keys, v, grad_keys_sum, accumulate=F
 
 
 _WORKSPACE_ELEMENTS = 1 << 22  # 16 MB in fp32: at most this much of `s` at once
-_workspaces = threading.local()
 
 
 def _sigmoid_blocks(query, keys):
@@ -121,19 +119,10 @@ def _sigmoid_blocks(query, keys):
         rows = slice(row, min(row + rows_per_block, batch))
         for step in range(0, length, steps_per_block):
             steps = slice(step, min(step + steps_per_block, length))
-            block = _workspace((rows.stop - row, steps.stop - step, keys.size(1), width), query)
+            shape = (rows.stop - row, steps.stop - step, keys.size(1), width)
+            block = workspace("additive_sigmoids", shape, query)
             yield rows, steps, torch.add(query[rows, steps].unsqueeze(2), keys[rows].unsqueeze(1), alpha=2,
                                           out=block).sigmoid_()
-
-
-def _workspace(shape, like):
-    """A buffer of `shape` on `like`'s device and dtype, reused by every call on this thread. One per inference
-    mode: a buffer made under `torch.inference_mode()` cannot be written outside it."""
-    buffers = _workspaces.__dict__.setdefault("buffers", {})
-    key, size = (like.device, like.dtype, torch.is_inference_mode_enabled()), math.prod(shape)
-    if key not in buffers or buffers[key].numel() < size:
-        buffers[key] = like.new_empty(size)
-    return buffers[key][:size].view(shape)
 
 
 class DotScore(nn.Module):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .mixed_precision import without_autocast
+from .workspace import workspace
 
 # A CPU core's level-2 cache at or above which float32 products take 128-row chunks, below it 512 (`chunk_rows`).
 LARGE_L2_CACHE = 2 * 2**20
@@ -58,9 +59,16 @@ class LinearCrossEntropy(torch.autograd.Function):
         loss = weight.new_zeros(())
         for start in range(0, num_rows, chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = F.linear(matmul_features[rows], matmul_weight, matmul_bias).to(weight.dtype)  # C x V
+            chunk = matmul_features[rows]
+            # The chunk's logits and their softmax in reused buffers (`workspace.py`: no fresh pages each chunk).
+            product = workspace("logits", (chunk.size(0), weight.size(0)), chunk)  # C x V
+            if matmul_bias is None:
+                torch.mm(chunk, matmul_weight.t(), out=product)
+            else:
+                torch.addmm(matmul_bias, chunk, matmul_weight.t(), out=product)
+            logits = product.to(weight.dtype)
             targets = labels[rows].unsqueeze(1)  # C x 1
-            grad_logits = torch.softmax(logits, dim=-1)  # C x V
+            grad_logits = torch.softmax(logits, dim=-1, out=workspace("probabilities", logits.shape, logits))
             # -log p(y) = logsumexp(logits) - logit_y, with logsumexp = max(logits) - log(max p): the softmax's
             # largest probability is 1 / sum(exp(logits - max)), never below 1 / V, so nothing underflows.
             log_sum_exp = logits.amax(dim=-1) - grad_logits.amax(dim=-1).log()  # C

@@ -1,5 +1,7 @@
 """Every fast path equals the plain path it replaces."""
 
+import threading
+
 import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -9,6 +11,7 @@ from hf_rnn_attn import linear_cross_entropy as fused_loss
 from hf_rnn_attn.attention import AdditiveScoreFunction
 from hf_rnn_attn.fused_unroll import _GRUAttentionUnroll, fuses
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
+from hf_rnn_attn.workspace import workspace
 from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
 
 ALL_VARIANTS = [*VARIANTS, *LOCAL_VARIANTS]
@@ -64,6 +67,41 @@ def test_linear_cross_entropy_in_chunks_equals_cross_entropy_of_the_logits(chunk
     torch.testing.assert_close(fused, plain)
     for fused_grad, t in zip(fused_grads, leaves):
         torch.testing.assert_close(fused_grad, t.grad)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_fused_loss_keeps_its_chunks_in_reused_buffers(with_bias):
+    """A chunk's logits and softmax live in the thread's workspace: once a call has made them, a call with chunks
+    as large allocates nothing of a chunk's size (fresh megabytes are fresh, zeroed pages at every chunk)."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(256, 4, generator=generator, requires_grad=True)
+    weight = torch.randn(1000, 4, generator=generator, requires_grad=True)
+    bias = torch.randn(1000, generator=generator, requires_grad=True) if with_bias else None
+    labels = torch.randint(0, 1000, (256,), generator=generator)
+    linear_cross_entropy(features, weight, bias, labels, chunk_size=64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        loss = linear_cross_entropy(features, weight, bias, labels, chunk_size=64)
+    chunk_bytes = 64 * 1000 * 4
+    assert [event.name for event in profiler.events() if event.cpu_memory_usage >= chunk_bytes] == []
+    plain = torch.nn.functional.cross_entropy(torch.nn.functional.linear(features, weight, bias), labels,
+                                              reduction="sum")
+    torch.testing.assert_close(loss, plain)
+
+
+def test_a_workspace_is_one_buffer_per_name_thread_and_inference_mode():
+    like = torch.zeros(1)
+    first = workspace("test-a", (2, 3), like)
+    assert workspace("test-a", (3, 2), like).data_ptr() == first.data_ptr()  # the same memory in a new shape
+    assert workspace("test-b", (2, 3), like).data_ptr() != first.data_ptr()
+    grown = workspace("test-a", (4, 4), like)
+    assert grown.shape == (4, 4) and workspace("test-a", (2, 3), like).data_ptr() == grown.data_ptr()
+    other_thread = []
+    thread = threading.Thread(target=lambda: other_thread.append(workspace("test-a", (2, 3), like).data_ptr()))
+    thread.start()
+    thread.join()
+    assert other_thread != [grown.data_ptr()]
+    with torch.inference_mode():
+        assert workspace("test-a", (2, 3), like).data_ptr() != grown.data_ptr()
 
 
 @pytest.mark.parametrize("l2_bytes, device, dtype, rows", [
