@@ -2,7 +2,7 @@
 
 A fresh tensor of megabytes is fresh memory for the process: glibc maps such a block from the kernel and gives it
 back when it is freed, and the kernel zeroes every 4 KB page on its first touch. The fused loss's chunk of logits
-and its softmax (16 MB each for 512 rows of an 8,000-word vocabulary) cost some 24,000 page faults a training step
+and its softmax (16 MB each for 512 rows of an 8,000-word vocabulary) cost about 23,000 page faults a training step
 that way, 30-40 ms of system time (2-core AMD EPYC), and the additive score's buffer, allocated at every decoder
 step, once left the heap full of holes that small tensors had split, so that training peaked at three times its
 live memory. A buffer lives as long as its thread and grows to the largest size asked for.
