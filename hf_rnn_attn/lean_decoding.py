@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from .beam_penalties import CoveragePenaltyMixin
+from .onednn_products import output_logits
 
 
 def lean_decoding_applies(logits_processor, stopping_criteria, generation_config, synced_gpus, streamer,
@@ -79,7 +80,7 @@ class ActiveRows:
         tokens = tokens if tokens.dim() == 2 else tokens[:, None]
         features, _, self.state = self.model.model.decoder(tokens, self.state, self.keys, self.mask,
                                                            rows_per_source=self.rows_per_source)
-        return self.model.lm_head(features[:, -1]).float()  # R x V
+        return output_logits(self.model.lm_head, features[:, -1]).float()  # R x V
 
     def keep(self, rows):
         """Keeps (and reorders to) `rows` of the current rows, on the source columns that they still read. With

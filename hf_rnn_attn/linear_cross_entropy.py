@@ -24,10 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from .mixed_precision import without_autocast
+from .onednn_products import onednn_linear, onednn_runs
 from .workspace import workspace
 
 # A CPU core's level-2 cache at or above which float32 products take 128-row chunks, below it 512 (`chunk_rows`).
 LARGE_L2_CACHE = 2 * 2**20
+# Float32 products on oneDNN take a multiple of this many rows: at most 512 / 64 = 8 shapes per product.
+ONEDNN_ROW_MULTIPLE = 64
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -47,10 +50,14 @@ class LinearCrossEntropy(torch.autograd.Function):
         matmul_features, matmul_weight = features.to(matmul_dtype), weight.to(matmul_dtype)  # no copy if the same
         matmul_bias = None if bias is None else bias.to(matmul_dtype)
         num_rows = features.size(0)
-        # oneDNN, which runs the CPU's bf16 products, keeps a compiled primitive for each shape it meets: a last chunk
-        # of each batch's own size made hundreds (150 training steps: peak memory 2.1 GB, against 1.05 GB with one
-        # chunk size). So with low-precision products the last chunk is padded with zero rows whose gradient is 0.
-        padding = 0 if matmul_dtype == torch.float32 else -num_rows % chunk_size
+        # oneDNN, which runs the CPU's bf16 products and here its float32 ones (`onednn_products.py`), keeps a
+        # compiled primitive for each shape it meets: a last chunk of each batch's own size made hundreds (bf16, 150
+        # training steps: peak memory 2.1 GB, against 1.05 GB with one chunk size). So the last chunk is padded with
+        # zero rows, whose gradient is 0: to a whole chunk with low-precision products, to a multiple of
+        # ONEDNN_ROW_MULTIPLE rows with float32 ones on oneDNN (a few shapes, a few rows of extra work).
+        on_onednn = matmul_dtype == torch.float32 and onednn_runs(features, weight)
+        multiple = ONEDNN_ROW_MULTIPLE if on_onednn else 1 if matmul_dtype == torch.float32 else chunk_size
+        padding = -num_rows % multiple
         if padding:
             matmul_features, labels = F.pad(matmul_features, (0, 0, 0, padding)), F.pad(labels, (0, padding))
         grad_features = torch.empty_like(matmul_features)  # N x D
@@ -60,12 +67,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, num_rows, chunk_size):
             rows = slice(start, start + chunk_size)
             chunk = matmul_features[rows]
-            # The chunk's logits and their softmax in reused buffers (`workspace.py`: no fresh pages each chunk).
-            product = workspace("logits", (chunk.size(0), weight.size(0)), chunk)  # C x V
-            if matmul_bias is None:
-                torch.mm(chunk, matmul_weight.t(), out=product)
+            # The logits on oneDNN, or in a reused buffer (`workspace.py`: no fresh pages each chunk) as the softmax.
+            if on_onednn:
+                product = onednn_linear(chunk, matmul_weight, matmul_bias)  # C x V
             else:
-                torch.addmm(matmul_bias, chunk, matmul_weight.t(), out=product)
+                product = workspace("logits", (chunk.size(0), weight.size(0)), chunk)
+                if matmul_bias is None:
+                    torch.mm(chunk, matmul_weight.t(), out=product)
+                else:
+                    torch.addmm(matmul_bias, chunk, matmul_weight.t(), out=product)
             logits = product.to(weight.dtype)
             targets = labels[rows].unsqueeze(1)  # C x 1
             grad_logits = torch.softmax(logits, dim=-1, out=workspace("probabilities", logits.shape, logits))
@@ -80,7 +90,10 @@ class LinearCrossEntropy(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(dim=0)
             grad_logits = grad_logits.to(matmul_dtype)
-            torch.mm(grad_logits, matmul_weight, out=grad_features[rows])
+            if on_onednn:
+                grad_features[rows] = onednn_linear(grad_logits, matmul_weight.t())
+            else:
+                torch.mm(grad_logits, matmul_weight, out=grad_features[rows])
             if matmul_dtype == weight.dtype:
                 grad_weight.addmm_(grad_logits.t(), matmul_features[rows])
             else:  # each chunk's product summed in the weight's precision, not rounded to matmul_dtype

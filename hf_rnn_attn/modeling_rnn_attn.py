@@ -27,6 +27,7 @@ from .lean_decoding import LeanGenerationMixin
 from .linear_cross_entropy import linear_cross_entropy
 from .mixed_precision import (cpu_autocast_supports, float32_fast_paths_run, fused_loss_matmul_dtype,
                               without_autocast)
+from .onednn_products import output_logits
 
 logger = logging.get_logger(__name__)
 
@@ -842,14 +843,14 @@ class RNNAttnForConditionalGeneration(LeanGenerationMixin, RNNAttnPreTrainedMode
         if skip_logits and labels is None:
             raise ValueError("`skip_logits=True` needs `labels`: without them there is nothing to return.")
         matmul_dtype = fused_loss_matmul_dtype(features) if skip_logits else None
-        logits = None if skip_logits else self.lm_head(features)  # B x T x V
+        logits = None if skip_logits else output_logits(self.lm_head, features)  # B x T x V
         loss = None
         if labels is not None:
             if matmul_dtype is not None:
                 total = linear_cross_entropy(features, self.lm_head.weight, self.lm_head.bias, labels,
                                              label_smoothing=label_smoothing or 0.0, matmul_dtype=matmul_dtype)
             else:
-                logits_for_loss = logits if logits is not None else self.lm_head(features)
+                logits_for_loss = logits if logits is not None else output_logits(self.lm_head, features)
                 total = F.cross_entropy(logits_for_loss.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                                         reduction="sum", label_smoothing=label_smoothing or 0.0)
             count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()

@@ -174,14 +174,20 @@ def cpu_line(machine):
 
 
 def matmul_peak_flops(size=4096, repeats=3, dtype=torch.float32):
-    """Best FLOP/s of a size x size torch.matmul in `dtype`: the machine's practical peak."""
+    """Best FLOP/s of a size x size product in `dtype`: the machine's practical peak. Both of torch's CPU
+    libraries are tried, torch.matmul (MKL's sgemm in float32) and oneDNN's product, which our output layer runs
+    (`hf_rnn_attn/onednn_products.py`) and which beats MKL on AMD CPUs."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)  # warm-up
+    products = [lambda: torch.matmul(a, b)]
+    if torch.backends.mkldnn.is_available():
+        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
     best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
+    for product in products:
+        product()  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
 
@@ -647,7 +653,8 @@ def main(argv=None):
     print(f"torch {machine['torch']}, {args.threads} threads; 1-min load average at start "
           f"{machine['load_average_1min']:.2f}")
     peak_flops = matmul_peak_flops()
-    print(f"fp32 matmul peak (4096^3 torch.matmul, {args.threads} threads): {peak_flops / 1e9:.1f} GFLOP/s")
+    print(f"fp32 matmul peak (4096^3, the better of MKL and oneDNN, {args.threads} threads): "
+          f"{peak_flops / 1e9:.1f} GFLOP/s")
     bf16_peak_flops = matmul_peak_flops(dtype=torch.bfloat16) if args.bf16 else None
     if args.bf16:
         print(f"bf16 matmul peak: {bf16_peak_flops / 1e9:.1f} GFLOP/s")
