@@ -8,26 +8,27 @@ close to it. Weight 8,000 x 512, GFLOP/s:
     rows (threads)          9 (1)   64 (1)   320 (1)   512 (2)
     MKL                        33       48        77       137
     oneDNN                     50       75        94       204
-    oneDNN, reordered weight   89       94       104         -
+    oneDNN, reordered weight   89       94       104       209
 
-Both add in float32 throughout; the results differ in the order of the additions only (about 1e-6 of a logit).
-A 4096^3 product reaches 166-180 GFLOP/s on MKL and 202-210 on oneDNN on that machine.
+Both add in float32 throughout; the results differ in the order of the additions only (about 1e-6 of a logit's
+size).
+A 4096^3 product reaches 166-180 GFLOP/s on MKL and 202-212 on oneDNN on that machine (2026-12-07; rates on it
+move by up to 20% between runs).
 
-Two uses, each with a fixed set of compiled products. oneDNN compiles one product per shape and keeps it; with a
-weight in PyTorch's layout each also keeps its own reordered copy of the weight (512 row counts grew the process
-by 4 GB), with the weight reordered once ahead (`_reorder_linear_weight`) they share it (320 row counts: 1.5 MB):
+oneDNN compiles one product per shape and keeps it. With a weight in PyTorch's layout each also keeps its own
+reordered copy of the weight (the loss's products at 512 row counts grew the process by 4.2 GB); with the weight
+reordered once ahead (`_reorder_linear_weight`) they share it (320 row counts: 1.5 MB). So each use keeps to what
+stays small:
 - `output_logits`, inference: the weight reordered once per version of it and kept beside it (16 MB at
   8,000 x 512), for decoding's every row count;
-- `full_chunk_product`, training: the fused loss's full chunks, one shape; its last, partial chunk stays on
-  torch's default.
-Everything else, and every tensor that autograd must see, takes torch's default (`F.linear`).
+- `onednn_linear`, training: the fused loss's chunks, whose rows it pads to a multiple of 64 (a few shapes).
+Everything else, and every product that autograd must see, takes torch's default.
 """
 
 import sys
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # The weights reordered for oneDNN, by id(weight): (a weak reference to it, its version, the reordered weight).
@@ -48,13 +49,13 @@ def onednn_runs(*tensors):
 def output_logits(layer, features):
     """`layer(features)` for the output layer: with a float32 `nn.Linear` on the CPU and nothing for autograd to
     record, oneDNN's product with the layer's weight reordered once (`reordered_weight`); any other layer (int8,
-    another device, training) as it is."""
-    weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
-    needs_grad = torch.is_grad_enabled() and any(tensor is not None and tensor.requires_grad
-                                                 for tensor in (features, weight, bias))
-    if type(layer) is not nn.Linear or needs_grad or not onednn_runs(features, weight):
+    another device, training) as it is, and so is a weight made under `torch.inference_mode()`, which keeps no
+    version to tell when it changes."""
+    if (type(layer) is not nn.Linear or layer.weight.is_inference() or not onednn_runs(features, layer.weight)
+            or torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in (features, layer.weight, layer.bias))):
         return layer(features)
-    return torch.ops.mkldnn._linear_pointwise(features, reordered_weight(weight), bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(features, reordered_weight(layer.weight), layer.bias, "none", [], "")
 
 
 def reordered_weight(weight):

@@ -52,9 +52,13 @@ def test_output_logits_on_onednn_equal_the_layer(features, mode):
     torch.testing.assert_close(logits, plain, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["autograd", "float64", "oneDNN disabled", "int8 layer"])
+@pytest.mark.parametrize("case", ["autograd", "float64", "oneDNN disabled", "int8 layer", "inference tensor"])
 def test_output_logits_leave_autograd_other_dtypes_and_layers_to_the_layer(case):
-    layer = output_layer(dtype=torch.float64 if case == "float64" else torch.float32)
+    if case == "inference tensor":  # made under inference_mode: no version to tell when the weight changes
+        with torch.inference_mode():
+            layer = output_layer()
+    else:
+        layer = output_layer(dtype=torch.float64 if case == "float64" else torch.float32)
     features = torch.randn(5, 16, dtype=layer.weight.dtype)
     if case == "int8 layer":
         layer = torch.ao.quantization.quantize_dynamic(nn.Sequential(layer), {nn.Linear}, dtype=torch.qint8)[0]
