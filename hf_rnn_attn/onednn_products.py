@@ -11,9 +11,8 @@ close to it. Weight 8,000 x 512, GFLOP/s:
     oneDNN, reordered weight   89       94       104       209
 
 Both add in float32 throughout; the results differ in the order of the additions only (about 1e-6 of a logit's
-size).
-A 4096^3 product reaches 166-180 GFLOP/s on MKL and 202-212 on oneDNN on that machine (2026-12-07; rates on it
-move by up to 20% between runs).
+size). A 4096^3 product reaches 166-180 GFLOP/s on MKL and 202-212 on oneDNN on that machine (2026-12-07; rates on
+it move by up to 20% between runs).
 
 oneDNN compiles one product per shape and keeps it. With a weight in PyTorch's layout each also keeps its own
 reordered copy of the weight (the loss's products at 512 row counts grew the process by 4.2 GB); with the weight
