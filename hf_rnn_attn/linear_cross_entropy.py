@@ -90,10 +90,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(dim=0)
             grad_logits = grad_logits.to(matmul_dtype)
-            if on_onednn:
-                grad_features[rows] = onednn_linear(grad_logits, matmul_weight.t())
-            else:
-                torch.mm(grad_logits, matmul_weight, out=grad_features[rows])
+            torch.mm(grad_logits, matmul_weight, out=grad_features[rows])
             if matmul_dtype == weight.dtype:
                 grad_weight.addmm_(grad_logits.t(), matmul_features[rows])
             else:  # each chunk's product summed in the weight's precision, not rounded to matmul_dtype

@@ -20,7 +20,8 @@ reordered once ahead (`_reorder_linear_weight`) they share it (320 row counts: 1
 stays small:
 - `output_logits`, inference: the weight reordered once per version of it and kept beside it (16 MB at
   8,000 x 512), for decoding's every row count;
-- `onednn_linear`, training: the fused loss's chunks, whose rows it pads to a multiple of 64 (a few shapes).
+- `onednn_linear`, training: the fused loss's chunks of logits, whose rows it pads to a multiple of 64 (a few
+  shapes).
 Everything else, and every product that autograd must see, takes torch's default.
 """
 
