@@ -55,7 +55,7 @@ def output_logits(layer, features):
             or torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (features, layer.weight, layer.bias))):
         return layer(features)
-    return torch.ops.mkldnn._linear_pointwise(features, reordered_weight(layer.weight), layer.bias, "none", [], "")
+    return onednn_linear(features, reordered_weight(layer.weight), layer.bias)
 
 
 def reordered_weight(weight):
@@ -71,6 +71,7 @@ def reordered_weight(weight):
 
 
 def onednn_linear(input, weight, bias=None):
-    """`input weight^T + bias` on oneDNN, a new tensor: for callers that check `onednn_runs`, compute the gradients
-    themselves and keep to a few shapes (the fused loss pads its rows to a multiple of 64)."""
+    """`input weight^T + bias` on oneDNN, a new tensor; `weight` as PyTorch lays it out or reordered. For callers
+    that check `onednn_runs`, compute the gradients themselves and keep to a few shapes (the fused loss pads its
+    rows to a multiple of 64)."""
     return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", [], "")

@@ -51,6 +51,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from hf_rnn_attn import RNNAttnConfig
 from hf_rnn_attn.metrics import load_translation_metric
+from hf_rnn_attn.onednn_products import onednn_linear
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 
 # Our side of the comparison; the preset's shape, then run-specific arguments (steps, seed, paths) from `train_ours`.
@@ -180,7 +181,7 @@ def matmul_peak_flops(size=4096, repeats=3, dtype=torch.float32):
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     products = [lambda: torch.matmul(a, b)]
     if torch.backends.mkldnn.is_available():
-        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+        products.append(lambda: onednn_linear(a, b))
     best = math.inf
     for product in products:
         product()  # warm-up
