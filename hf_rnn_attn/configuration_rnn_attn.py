@@ -12,6 +12,8 @@ from dataclasses import fields
 
 from transformers import GenerationConfig, PretrainedConfig
 
+from .architecture import ArchitectureProperties
+
 RNN_CELLS = ("gru", "lstm")
 ATTENTION_SCORES = ("additive", "dot", "general", "location")
 ATTENTION_TYPES = ("global", "local-m", "local-p")
@@ -81,7 +83,7 @@ def _check_known_keys(cls, kwargs):
         raise ValueError(f"Unknown {cls.__name__} argument(s): {', '.join(hints)}. Valid arguments: {own}.")
 
 
-class RNNAttnConfig(PretrainedConfig):
+class RNNAttnConfig(ArchitectureProperties, PretrainedConfig):
     r"""Configuration for [`RNNAttnModel`] and [`RNNAttnForConditionalGeneration`].
 
     Args:
@@ -207,33 +209,6 @@ class RNNAttnConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; valid presets: {list(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})
-
-    @property
-    def encoder_output_size(self):
-        """K: size of one encoder state h_i."""
-        return self.encoder_hidden_size * (2 if self.bidirectional_encoder else 1)
-
-    @property
-    def encoder_state_size(self):
-        """Size of the encoder final state that `decoder_state_init` hands to one decoder layer."""
-        if self.decoder_state_init == "final":
-            return self.encoder_output_size
-        return self.encoder_hidden_size
-
-    @property
-    def uses_bridge(self):
-        if self.decoder_state_init == "zeros":
-            return False
-        if self.decoder_bridge == "auto":
-            return self.encoder_state_size != self.hidden_size
-        return self.decoder_bridge == "linear"
-
-    @property
-    def output_layer_input_size(self):
-        """Input size of the final projection to the vocabulary."""
-        if self.output_layer == "tanh":
-            return self.hidden_size
-        return self.hidden_size + self.encoder_output_size
 
     def validate_architecture(self):
         """Rejects impossible combinations with a message naming the valid values."""

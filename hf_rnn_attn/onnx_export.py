@@ -55,7 +55,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from hf_rnn_attn_runtime.onnx import EXPORT_FORMAT, GRAPH_FILES, MEMORY_NAMES, architecture, shares_sources
+from hf_rnn_attn_runtime.onnx import EXPORT_FORMAT, GRAPH_FILES, architecture
+from hf_rnn_attn_runtime.search import MEMORY_NAMES, shares_sources
 
 from .attention import AdditiveScore
 from .hub import check_model_folder

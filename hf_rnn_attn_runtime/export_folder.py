@@ -9,6 +9,16 @@ from types import SimpleNamespace
 
 from tokenizers import Tokenizer
 
+# The config fields the graphs and layers depend on, with their defaults: `RNNAttnConfig`'s arguments but the training-only
+# dropout, init_range and use_cache (tests/test_onnx.py checks them against it; this package cannot import it).
+ARCHITECTURE_DEFAULTS = {
+    "vocab_size": 8000, "embedding_size": 256, "hidden_size": 512, "encoder_hidden_size": None, "rnn_cell": "gru",
+    "encoder_layers": 1, "decoder_layers": 1, "bidirectional_encoder": True, "attention_score": "additive",
+    "attention_hidden_size": None, "attention_type": "global", "local_window": 10, "input_feeding": True,
+    "decoder_state_init": "backward", "decoder_bridge": "auto", "output_layer": "linear",
+    "max_source_positions": None, "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1,
+    "eos_token_id": 2, "decoder_start_token_id": 1, "is_encoder_decoder": True,
+}
 # generate()'s values for the settings a generation config leaves unset (transformers'
 # `GenerationConfig._get_default_generation_params`; tests/test_onnx.py checks them against it).
 GENERATION_DEFAULTS = {"num_beams": 1, "num_return_sequences": 1, "max_length": 20, "length_penalty": 1.0,

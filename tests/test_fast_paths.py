@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from hf_rnn_attn import attention, lean_decoding, modeling_rnn_attn
+from hf_rnn_attn import attention, lean_decoding, recurrent_layers
 from hf_rnn_attn import linear_cross_entropy as fused_loss
 from hf_rnn_attn.attention import AdditiveScoreFunction
 from hf_rnn_attn.fused_unroll import _GRUAttentionUnroll, fuses
@@ -130,8 +130,8 @@ GRU_ENCODERS = ["bigru-bahdanau", "bigru-2layer-decoder-tanh", "gru-unidirection
 @pytest.mark.parametrize("variant", GRU_ENCODERS)
 def test_padded_gru_encoder_in_training_equals_the_packed_encoder(variant, monkeypatch):
     calls = []
-    padded = modeling_rnn_attn.run_gru_padded
-    monkeypatch.setattr(modeling_rnn_attn, "run_gru_padded", lambda *args: calls.append(1) or padded(*args))
+    padded = recurrent_layers.run_gru_padded
+    monkeypatch.setattr(recurrent_layers, "run_gru_padded", lambda *args: calls.append(1) or padded(*args))
     encoder = tiny_model(variant).double().model.encoder
     input_ids, attention_mask = source_batch()
     plain = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)  # packed
@@ -298,8 +298,8 @@ def test_refilled_beam_search_gives_the_tokens_of_transformers_loop(variant, cas
 def _unroll_calls(monkeypatch):
     """Counts the decoder's calls of the fused unroll (`fused_unroll.unroll_gru_attention`)."""
     calls = []
-    original = modeling_rnn_attn.unroll_gru_attention
-    monkeypatch.setattr(modeling_rnn_attn, "unroll_gru_attention",
+    original = recurrent_layers.unroll_gru_attention
+    monkeypatch.setattr(recurrent_layers, "unroll_gru_attention",
                         lambda *args: calls.append(args[0].shape) or original(*args))
     return calls
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, modeling_rnn_attn
+from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, recurrent_layers
 from hf_rnn_attn.alignment import sequence_attentions
 from hf_rnn_attn.attention import attend, local_window
 from hf_rnn_attn.configuration_rnn_attn import ATTENTION_SCORES
@@ -75,7 +75,7 @@ def test_local_m_with_a_window_covering_the_source_equals_global_attention(varia
     """Every score, with and without input feeding: a window of D >= S - 1 around any p_t holds every position.
     Exactly, on the same unroll: global bigru-bahdanau would take the fused one (`fused_unroll.py`), whose rounding
     differs in the last bits (it has its own test against the plain step)."""
-    monkeypatch.setattr(modeling_rnn_attn, "fuses", lambda config: False)
+    monkeypatch.setattr(recurrent_layers, "fuses", lambda config: False)
     input_ids, attention_mask = source_batch()
     decoder_input_ids = target_batch()
     models = [tiny_model(variant, attention_type=kind, local_window=6) for kind in ("global", "local-m")]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_rnn_attn import modeling_rnn_attn
+from hf_rnn_attn import modeling_rnn_attn, recurrent_layers
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
 from hf_rnn_attn.mixed_precision import fused_loss_matmul_dtype
 from tiny_models import source_batch, tiny_model
@@ -70,15 +70,15 @@ def test_fp16_autocast_keeps_the_plain_loss():
     assert fused_loss_matmul_dtype(features.double()) is None
 
 
-def spy(monkeypatch, name, calls):
-    """Records the dtypes of the floating-point tensors passed to `modeling_rnn_attn.<name>` on each call."""
-    original = getattr(modeling_rnn_attn, name)
+def spy(monkeypatch, module, name, calls):
+    """Records the dtypes of the floating-point tensors passed to `module.<name>` on each call."""
+    original = getattr(module, name)
 
     def recorded(*args, **kwargs):
         calls.append((name, [a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()],
                       kwargs.get("matmul_dtype")))
         return original(*args, **kwargs)
-    monkeypatch.setattr(modeling_rnn_attn, name, recorded)
+    monkeypatch.setattr(module, name, recorded)
 
 
 @pytest.mark.parametrize("variant, fast_recurrent_paths", [("bigru-bahdanau", ["run_gru_padded", "unroll_gru_attention"]),
@@ -98,8 +98,9 @@ def test_bf16_autocast_training_takes_the_fast_paths_with_the_plain_paths_result
         return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
     calls = []
-    for name in ("run_gru_padded", "unroll_gru_attention", "linear_cross_entropy"):
-        spy(monkeypatch, name, calls)
+    for module, name in ((recurrent_layers, "run_gru_padded"), (recurrent_layers, "unroll_gru_attention"),
+                         (modeling_rnn_attn, "linear_cross_entropy")):
+        spy(monkeypatch, module, name, calls)
     fused, fused_grads = loss_and_gradients()
     assert [name for name, _, _ in calls] == [*fast_recurrent_paths, "linear_cross_entropy"]
     for name, dtypes, _ in calls[:-1]:  # the recurrent fast paths ran in float32

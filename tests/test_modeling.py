@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, modeling_rnn_attn
+from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, recurrent_layers
 from hf_rnn_attn.configuration_rnn_attn import ATTENTION_SCORES, ATTENTION_TYPES, RNN_CELLS
 from hf_rnn_attn.modeling_rnn_attn import shift_tokens_right
 from tiny_models import LOCAL_VARIANTS, TINY, VARIANTS, source_batch, tiny_model
@@ -142,14 +142,14 @@ def test_encoder_inference_in_row_blocks_equals_one_block(variant, output_hidden
     with torch.no_grad():
         blocks = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
         assert calls == [64, 64, 22]
-        monkeypatch.setattr(modeling_rnn_attn, "INFERENCE_ROWS_PER_BLOCK", 1000)
+        monkeypatch.setattr(recurrent_layers, "INFERENCE_ROWS_PER_BLOCK", 1000)
         whole = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
     assert calls[3:] == [150]
     for name in ("last_hidden_state", "final_hidden_state", "final_cell_state", "hidden_states"):
         torch.testing.assert_close(getattr(blocks, name), getattr(whole, name), atol=1e-6, rtol=1e-6)
     # With gradients (training), or traced (ONNX export, which would record fixed row ranges), one block.
     encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    monkeypatch.setattr(modeling_rnn_attn, "INFERENCE_ROWS_PER_BLOCK", 64)
+    monkeypatch.setattr(recurrent_layers, "INFERENCE_ROWS_PER_BLOCK", 64)
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
     with torch.no_grad():
         encoder(input_ids=input_ids, attention_mask=attention_mask)

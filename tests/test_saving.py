@@ -73,8 +73,8 @@ def test_remote_code_loads_in_a_process_without_the_package(tmp_path, variant):
     model = tiny_model(variant)
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
-    for name in ("configuration_rnn_attn.py", "modeling_rnn_attn.py", "attention.py", "lean_decoding.py",
-                 "beam_penalties.py"):
+    for name in ("configuration_rnn_attn.py", "architecture.py", "modeling_rnn_attn.py", "recurrent_layers.py",
+                 "attention.py", "lean_decoding.py", "beam_penalties.py"):
         assert (model_dir / name).exists(), name
     input_ids, attention_mask = source_batch()
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, num_beams=2)
