@@ -15,13 +15,13 @@ This file and `alignment.py` import only torch and transformers, so they load fr
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig, Pipeline
 
 from .alignment import sequence_attentions, word_attention
+from .torch_threads import torch_threads
 
 
 # Greedy and beam-search translation decode this many batches' worth of sentences per generate() call,
@@ -208,17 +208,6 @@ class RNNAttnTranslationPipeline(Pipeline):
                 record.update(word_attention(self.tokenizer, source_ids, target_ids,
                                              weights[:length, :source_ids.shape[0]]))
         return records
-
-
-@contextmanager
-def torch_threads(count):
-    """torch's intra-op threads set to `count` for the block (for the whole process), then put back."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _is_blank(text):

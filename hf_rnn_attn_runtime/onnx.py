@@ -46,6 +46,8 @@ class ONNXTranslator(StepwiseTranslator):
     from another config, by another export format, or an encoder and decoder from two different exports.
     """
 
+    tokenizer_hint = "export with a (fast) tokenizer (`export_onnx(..., tokenizer=)`)"
+
     def __init__(self, folder, int8=False, threads=None):
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"`threads` must be a positive integer or None, got {threads!r}.")

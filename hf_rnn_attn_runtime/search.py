@@ -51,7 +51,7 @@ class StepwiseTranslator:
     """Translation of texts and token ids by greedy and beam search, over the `_encode` and `_step` of a subclass.
 
     A subclass sets `config` (the model's config fields), `generation_config` (`GenerationSettings`), `tokenizer`
-    (`ExportedTokenizer`, or None), `state_names` (the decoder state's arrays) and `threads`: how many searches run
+    (`ExportedTokenizer`, or None, for which `tokenizer_hint` says what to do), `state_names` (the decoder state's arrays) and `threads`: how many searches run
     at once, each on one thread (`generate` shares a call's sentences out among them; no thread waits for another
     at each step).
     """
@@ -69,10 +69,11 @@ class StepwiseTranslator:
         texts give "" without reaching the model. `generate_kwargs` as for `generate`; without a length set there or
         in the generation config, translations stop after 256 new tokens, as the pipeline's do."""
         if self.tokenizer is None:
-            raise ValueError("This ONNX export has no tokenizer.json; export with a (fast) tokenizer "
-                             "(`export_onnx(..., tokenizer=)`), or call `generate` with token ids.")
+            raise ValueError(f"This folder has no tokenizer.json; {self.tokenizer_hint}, or call `generate` with "
+                             f"token ids.")
         if return_attention:
-            raise ValueError("The ONNX backend does not record attention; use the PyTorch model for it.")
+            raise ValueError(f"{type(self).__name__} does not record attention; use the model class "
+                             f"(`translation_pipeline`) for it.")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         if not self.generation_config.sets_length and generate_kwargs.keys().isdisjoint({"max_new_tokens",

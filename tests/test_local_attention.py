@@ -12,7 +12,7 @@ import torch
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, recurrent_layers
 from hf_rnn_attn.alignment import sequence_attentions
 from hf_rnn_attn.attention import attend, local_window
-from hf_rnn_attn.configuration_rnn_attn import ATTENTION_SCORES
+from hf_rnn_attn.architecture import ATTENTION_SCORES
 from hf_rnn_attn.model_card import render_model_card
 from hf_rnn_attn.onnx import ONNXTranslator
 from hf_rnn_attn.onnx_export import export_onnx

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration, recurrent_layers
-from hf_rnn_attn.configuration_rnn_attn import ATTENTION_SCORES, ATTENTION_TYPES, RNN_CELLS
+from hf_rnn_attn.architecture import ATTENTION_SCORES, ATTENTION_TYPES, RNN_CELLS
 from hf_rnn_attn.modeling_rnn_attn import shift_tokens_right
 from tiny_models import LOCAL_VARIANTS, TINY, VARIANTS, source_batch, tiny_model
 

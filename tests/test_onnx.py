@@ -16,30 +16,19 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from hf_rnn_attn import RNNAttnConfig, cli
 from hf_rnn_attn.onnx import GRAPH_FILES, ONNXTranslator
-from hf_rnn_attn_runtime.export_folder import GENERATION_DEFAULTS, ExportedTokenizer, GenerationSettings
-from hf_rnn_attn_runtime.onnx import ARCHITECTURE_DEFAULTS
+from hf_rnn_attn_runtime.export_folder import (ARCHITECTURE_DEFAULTS, GENERATION_DEFAULTS, ExportedTokenizer,
+                                               GenerationSettings)
 from hf_rnn_attn.onnx_export import OPSET, export_onnx, top_k_nodes
 from hf_rnn_attn.quantization import quantize_int8
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
 from scoring_helpers import teacher_forced_scores
-from tiny_models import LOCAL_VARIANTS, VARIANTS, copy_task_sentences, source_batch, tiny_model, train_copy_model
+from tiny_models import (STEPWISE_VARIANTS, copy_task_sentences, lively_model, source_batch, tiny_model,
+                         train_copy_model)
 
-# Every variant the export takes: all but local-m, whose window follows the step index (see export_onnx).
-EXPORTABLE = [*VARIANTS, *(name for name, (_, overrides) in LOCAL_VARIANTS.items()
-                            if overrides["attention_type"] == "local-p")]
+EXPORTABLE = STEPWISE_VARIANTS  # every variant but local-m, whose window follows the step index (see export_onnx)
 # Another batch size and source length than the export traces, so that every dynamic axis is exercised.
 BATCH = dict(seed=1, batch_size=4, length=9)
-
-
-def lively_model(variant, **overrides):
-    """A tiny model with large weights and a push towards EOS. The default initialisation repeats one token and
-    never ends; this one gives input-dependent outputs that end at different steps, so that the EOS,
-    finished-hypothesis and early-stop rules of the search all run."""
-    model = tiny_model(variant, seed=2, init_range=1.0, **overrides)
-    with torch.no_grad():
-        model.lm_head.bias[model.config.eos_token_id] += 1.5
-    return model
 
 
 @pytest.fixture(scope="module")

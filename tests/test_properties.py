@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_rnn_attn import PRESETS, RNNAttnConfig, RNNAttnForConditionalGeneration
-from hf_rnn_attn.configuration_rnn_attn import (ATTENTION_SCORES, ATTENTION_TYPES, DECODER_BRIDGES, DECODER_STATE_INITS,
-                                                OUTPUT_LAYERS, RNN_CELLS)
+from hf_rnn_attn.architecture import (ATTENTION_SCORES, ATTENTION_TYPES, DECODER_BRIDGES, DECODER_STATE_INITS,
+                                      OUTPUT_LAYERS, RNN_CELLS)
 
 CASES = Counter()
 MAX_NEW_TOKENS = 4

@@ -25,10 +25,12 @@ from hf_rnn_attn import cli
 from hf_rnn_attn.configuration_rnn_attn import PRESETS
 from hf_rnn_attn.hub import HubUploadError, hub_files, push_to_hub, save_for_hub
 from hf_rnn_attn.model_card import card_contents, card_template, render_model_card
-from hf_rnn_attn.pipeline_translation import RNNAttnTranslationPipeline, torch_threads, translation_pipeline
+from hf_rnn_attn.pipeline_translation import RNNAttnTranslationPipeline, translation_pipeline
+from hf_rnn_attn.torch_threads import torch_threads
 from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
 from hf_rnn_attn_runtime import command_line
+from hf_rnn_attn_runtime.torch_backend import TorchTranslator
 from tiny_models import COPY_WORDS, train_copy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ EXPECTED_FILES = {"README.md", "config.json", "generation_config.json", "model.s
                   "tokenizer_config.json", "configuration_rnn_attn.py", "modeling_rnn_attn.py", "attention.py",
                   "lean_decoding.py", "linear_cross_entropy.py", "pipeline_translation.py", "alignment.py",
                   "beam_penalties.py", "fused_unroll.py", "mixed_precision.py", "workspace.py", "onednn_products.py",
-                  "recurrent_layers.py", "architecture.py"}
+                  "recurrent_layers.py", "architecture.py", "torch_threads.py"}
 
 
 # -------------------------------------------------------------------------------- tiny trained models (fixtures)
@@ -511,17 +513,28 @@ def test_cli_translate_file_to_file(saved, tmp_path):
 
 def test_every_translation_entry_point_takes_the_length_sorted_path(saved, tmp_path, monkeypatch):
     """The CLI and `translate_texts` (scripts/evaluate_model.py) translate through the pipeline's one batched,
-    length-sorted path, so that evaluation measures what users get, in input order."""
-    calls = []
+    length-sorted path, or the CLI through `TorchTranslator`'s, which also sorts, so that evaluation measures what
+    users get, in input order."""
+    calls, searched_lengths = [], []
     sorted_path = RNNAttnTranslationPipeline._translate_longest_first
     monkeypatch.setattr(RNNAttnTranslationPipeline, "_translate_longest_first",
                         lambda self, texts, **kwargs: calls.append(list(texts)) or sorted_path(self, texts, **kwargs))
+    search = TorchTranslator.generate
+    monkeypatch.setattr(TorchTranslator, "generate", lambda self, input_ids, attention_mask, **kwargs:
+                        searched_lengths.append(attention_mask.sum(axis=1).tolist())
+                        or search(self, input_ids, attention_mask, **kwargs))
     greedy = saved.references[0]
     assert translate_texts(saved.model, saved.tokenizer, SOURCES, batch_size=2, max_new_tokens=12) == greedy
     source, output = tmp_path / "source.txt", tmp_path / "out.txt"
     source.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
-    assert cli.main(["translate", "--model", str(saved.folder), "--input", str(source), "--output", str(output),
-                     "--max_new_tokens", "12", "--batch_size", "2", "--device", "cpu"]) == 0
+    arguments = ["translate", "--model", str(saved.folder), "--input", str(source), "--output", str(output),
+                 "--max_new_tokens", "12", "--batch_size", "2", "--device", "cpu"]
+    assert cli.main(arguments) == 0  # on TorchTranslator
+    assert output.read_text(encoding="utf-8").split("\n") == [*greedy, ""]
+    (lengths,) = searched_lengths
+    assert len(lengths) == len(SOURCES) and lengths == sorted(lengths, reverse=True)
+    monkeypatch.setattr(command_line, "load_torch_translator", lambda args: None)
+    assert cli.main(arguments) == 0  # on the pipeline
     assert output.read_text(encoding="utf-8").split("\n") == [*greedy, ""]
     assert calls == [SOURCES, SOURCES]
 

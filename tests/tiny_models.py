@@ -41,6 +41,12 @@ LOCAL_VARIANTS = {
 }
 
 
+# Every variant whose decoder step the stepwise search runs (`hf_rnn_attn_runtime.search`: the ONNX graphs and
+# `TorchTranslator`): all but local-m, whose window follows the step index.
+STEPWISE_VARIANTS = [*VARIANTS, *(name for name, (_, overrides) in LOCAL_VARIANTS.items()
+                                  if overrides["attention_type"] == "local-p")]
+
+
 def tiny_config(variant, **overrides):
     preset, variant_overrides = {**VARIANTS, **LOCAL_VARIANTS}[variant]
     return RNNAttnConfig.from_preset(preset, **{**TINY, **variant_overrides, **overrides})
@@ -49,6 +55,16 @@ def tiny_config(variant, **overrides):
 def tiny_model(variant, seed=0, **overrides):
     torch.manual_seed(seed)
     return RNNAttnForConditionalGeneration(tiny_config(variant, **overrides)).eval()
+
+
+def lively_model(variant, **overrides):
+    """A tiny model with large weights and a push towards EOS. The default initialisation repeats one token and
+    never ends; this one gives input-dependent outputs that end at different steps, so that the EOS,
+    finished-hypothesis and early-stop rules of the search all run."""
+    model = tiny_model(variant, seed=2, init_range=1.0, **overrides)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] += 1.5
+    return model
 
 
 def source_batch(seed=0, batch_size=3, length=7, vocab_size=20):
