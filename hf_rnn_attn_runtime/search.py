@@ -56,6 +56,10 @@ class StepwiseTranslator:
     at each step).
     """
 
+    # Whether `__call__`'s `batch_size` sentences decode in each search side by side (the PyTorch backend, as the
+    # pipeline's searches do) or in all of them together (the ONNX backend's).
+    batch_per_search = False
+
     # ----------------------------------------------------------------------------------------------- text
 
     def translate(self, texts, batch_size=32, **kwargs):
@@ -87,14 +91,16 @@ class StepwiseTranslator:
         encoded = self.tokenizer([texts[i] for i in todo], truncation=truncation, max_length=max_source_length)
         ids = dict(zip(todo, encoded["input_ids"]))
         todo.sort(key=lambda i: len(ids[i]), reverse=True)  # similar lengths: little padding, similar ends
-        # Every text in one call, longest first, `batch_size` decoding at a time (refilled as they end).
+        # Every text in one call, longest first, `batch_size` decoding at a time (in each search with
+        # `batch_per_search`), refilled as they end.
         num_beams = generate_kwargs.get("num_beams") or self.generation_config.num_beams
         input_ids = np.full((len(todo), len(ids[todo[0]])), self.config.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros_like(input_ids)
         for row, i in enumerate(todo):
             input_ids[row, :len(ids[i])] = ids[i]
             attention_mask[row, :len(ids[i])] = 1
-        output = self.generate(input_ids, attention_mask, max_active_rows=batch_size * num_beams, **generate_kwargs)
+        rows = batch_size * num_beams * (self.threads if self.batch_per_search else 1)
+        output = self.generate(input_ids, attention_mask, max_active_rows=rows, **generate_kwargs)
         texts_out = self.tokenizer.batch_decode(output.sequences)
         for row, i in enumerate(todo):
             results[i] = [{"translation_text": text} for text in texts_out[row * count:(row + 1) * count]]

@@ -71,7 +71,8 @@ class TorchTranslator(StepwiseTranslator):
         folder: written by `save_pretrained`: config.json, model.safetensors (float32 weights), if any
             generation_config.json, and the tokenizer's tokenizer.json (without it, `generate` takes token ids).
         threads: how many searches run at once, each on one torch thread (default: torch's thread count);
-            `generate` shares a call's sentences out among them, as the pipeline runs its searches side by side.
+            `generate` shares a call's sentences out among them, and `__call__` gives each `batch_size` sentences
+            at a time, as the pipeline runs its searches side by side.
 
     Raises `FileNotFoundError` for a folder without those files, and `ValueError` for one that this class does
     not run: another model type, local-m attention (whose step index the search does not carry), weights in another
@@ -79,6 +80,7 @@ class TorchTranslator(StepwiseTranslator):
     """
 
     tokenizer_hint = "save the model's (fast) tokenizer with it (`tokenizer.save_pretrained(folder)`)"
+    batch_per_search = True
 
     def __init__(self, folder, threads=None):
         if threads is not None and (not isinstance(threads, int) or threads < 1):
