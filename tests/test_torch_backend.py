@@ -144,6 +144,19 @@ def trained(tmp_path_factory):
     return folder / "model", source
 
 
+@pytest.mark.parametrize("threads, num_beams", [(1, 1), (2, 1), (2, 3)])
+def test_each_search_side_by_side_decodes_a_batch(threads, num_beams, trained, monkeypatch):
+    """As the pipeline's searches: `batch_size` sentences decode in each, so T searches hold T batches."""
+    model, source = trained
+    translator, rows = TorchTranslator(model, threads=threads), []
+    search = TorchTranslator.generate
+    monkeypatch.setattr(TorchTranslator, "generate", lambda self, *args, max_active_rows, **kwargs:
+                        rows.append(max_active_rows) or search(self, *args, max_active_rows=max_active_rows, **kwargs))
+    translator.translate(source.read_text(encoding="utf-8").splitlines(), batch_size=3, num_beams=num_beams,
+                         max_new_tokens=12)
+    assert rows == [3 * num_beams * threads]
+
+
 def translate(model, source, output, *options):
     return command_line.main(["translate", "--model", str(model), "--input", str(source), "--output", str(output),
                               "--max_new_tokens", "12", "--batch_size", "3", *map(str, options)])
