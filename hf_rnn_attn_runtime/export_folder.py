@@ -1,6 +1,6 @@
-"""What an ONNX export folder holds besides its graphs, read as transformers would read it, without transformers:
-the model's config, its generation settings and its tokenizer (`tokenizer.json`, run by the `tokenizers` library
-that transformers' fast tokenizers wrap)."""
+"""What an ONNX export folder or a saved model folder holds besides the graphs or weights, read as transformers would
+read it, without transformers: the model's config, its generation settings and its tokenizer (`tokenizer.json`, run
+by the `tokenizers` library that transformers' fast tokenizers wrap)."""
 
 import json
 from dataclasses import dataclass
@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 from tokenizers import Tokenizer
 
-# The config fields the graphs and layers depend on, with their defaults: `RNNAttnConfig`'s arguments but the training-only
-# dropout, init_range and use_cache (tests/test_onnx.py checks them against it; this package cannot import it).
+# The config fields the graphs and layers depend on, with their defaults: `RNNAttnConfig`'s arguments but the
+# training-only dropout, init_range and use_cache (tests/test_onnx.py checks them against it; this package cannot
+# import it).
 ARCHITECTURE_DEFAULTS = {
     "vocab_size": 8000, "embedding_size": 256, "hidden_size": 512, "encoder_hidden_size": None, "rnn_cell": "gru",
     "encoder_layers": 1, "decoder_layers": 1, "bidirectional_encoder": True, "attention_score": "additive",

@@ -51,9 +51,9 @@ class StepwiseTranslator:
     """Translation of texts and token ids by greedy and beam search, over the `_encode` and `_step` of a subclass.
 
     A subclass sets `config` (the model's config fields), `generation_config` (`GenerationSettings`), `tokenizer`
-    (`ExportedTokenizer`, or None, for which `tokenizer_hint` says what to do), `state_names` (the decoder state's arrays) and `threads`: how many searches run
-    at once, each on one thread (`generate` shares a call's sentences out among them; no thread waits for another
-    at each step).
+    (`ExportedTokenizer`, or None, for which `tokenizer_hint` says what to do), `state_names` (the decoder state's
+    arrays) and `threads`: how many searches run at once, each on one thread (`generate` shares a call's sentences
+    out among them; no thread waits for another at each step).
     """
 
     # Whether `__call__`'s `batch_size` sentences decode in each search side by side (the PyTorch backend, as the
@@ -168,7 +168,8 @@ class StepwiseTranslator:
             raise ValueError(f"`input_ids` must hold token ids in [0, {self.config.vocab_size}).")
         lengths = attention_mask.sum(axis=1)
         if not np.array_equal(attention_mask, np.arange(input_ids.shape[1]) < lengths[:, None]) or lengths.min() < 1:
-            raise ValueError("`attention_mask` must be right-padded (1s then 0s in each row) with a token in every row.")
+            raise ValueError("`attention_mask` must be right-padded (1s then 0s in each row) with a token in every "
+                             "row.")
         limit = self.config.max_source_positions
         if self.config.attention_score == "location" and input_ids.shape[1] > limit:
             raise ValueError(f"Source length {input_ids.shape[1]} exceeds max_source_positions={limit} of the "

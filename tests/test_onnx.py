@@ -20,86 +20,8 @@ from hf_rnn_attn_runtime.export_folder import (ARCHITECTURE_DEFAULTS, GENERATION
                                                GenerationSettings)
 from hf_rnn_attn.onnx_export import OPSET, export_onnx, top_k_nodes
 from hf_rnn_attn.quantization import quantize_int8
-from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 from hf_rnn_attn.translate import translate_texts
-from scoring_helpers import teacher_forced_scores
-from tiny_models import (STEPWISE_VARIANTS, copy_task_sentences, lively_model, source_batch, tiny_model,
-                         train_copy_model)
-
-EXPORTABLE = STEPWISE_VARIANTS  # every variant but local-m, whose window follows the step index (see export_onnx)
-# Another batch size and source length than the export traces, so that every dynamic axis is exercised.
-BATCH = dict(seed=1, batch_size=4, length=9)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(variant, threads) -> (model, ONNXTranslator), each variant exported once."""
-    folders, cache = {}, {}
-
-    def get(variant, threads=1):
-        if variant not in folders:
-            folders[variant] = lively_model(variant), tmp_path_factory.mktemp(variant)
-            export_onnx(*folders[variant])
-        if (variant, threads) not in cache:
-            model, folder = folders[variant]
-            cache[variant, threads] = model, ONNXTranslator(folder, threads=threads)
-        return cache[variant, threads]
-    return get
-
-
-# With 3 threads the four sentences go to three searches side by side, one sentence at a time each, each taking
-# the next from the queue when its sentence ends (to two searches where `max_active_rows` allows two sentences).
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("max_active_rows", [None, 2])
-@pytest.mark.parametrize("variant", EXPORTABLE)
-def test_greedy_search_equals_generate(variant, max_active_rows, threads, exported):
-    """With `max_active_rows=2` the four sentences decode two at a time, each that ends replaced by the next."""
-    model, translator = exported(variant, threads)
-    input_ids, attention_mask = source_batch(**BATCH)
-    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=15)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15,
-                                 max_active_rows=max_active_rows)
-    np.testing.assert_array_equal(output.sequences, expected.numpy())
-    log_probs, *_ = teacher_forced_scores(model, input_ids, attention_mask, expected, model.config.eos_token_id)
-    np.testing.assert_allclose(output.scores, log_probs.numpy(), atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("max_active_rows", [None, 10])
-@pytest.mark.parametrize("variant", EXPORTABLE)
-def test_beam_search_equals_generate(variant, max_active_rows, threads, exported):
-    """With `max_active_rows=10` the four sentences decode two at a time."""
-    model, translator = exported(variant, threads)
-    input_ids, attention_mask = source_batch(**BATCH)
-    settings = {"num_beams": 5, "num_return_sequences": 5, "max_new_tokens": 15}  # all beams, not only the best
-    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
-                              return_dict_in_generate=True)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings,
-                                 max_active_rows=max_active_rows)
-    np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
-    np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("settings", [
-    {"early_stopping": True, "num_return_sequences": 3},
-    {"early_stopping": "never", "length_penalty": 0.6},
-    {"length_penalty": 2.0, "num_return_sequences": 4},
-    {"max_new_tokens": 3},
-])
-@pytest.mark.parametrize("max_active_rows", [None, 4])
-def test_beam_search_rules_equal_generate(settings, max_active_rows, exported):
-    """Length penalty, the three early-stopping rules, several returned sequences, and the length limit; all
-    sentences at once in two searches side by side, and one at a time (`max_active_rows=4`, the beams of one)."""
-    model, translator = exported("lstm-input-feeding-bidirectional", threads=2)
-    input_ids, attention_mask = source_batch(**BATCH)
-    settings = {"num_beams": 4, "max_new_tokens": 12, **settings}
-    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
-                              return_dict_in_generate=True)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings,
-                                 max_active_rows=max_active_rows)
-    np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
-    np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-4, rtol=0)
-
+from tiny_models import SEARCH_BATCH, lively_model, saved_copy_model, source_batch, tiny_model
 
 def test_export_runs_in_eval_mode_and_leaves_the_model_as_it_was(tmp_path):
     """Dropout must not reach the graphs, nor the export switch the caller's model between modes."""
@@ -107,7 +29,7 @@ def test_export_runs_in_eval_mode_and_leaves_the_model_as_it_was(tmp_path):
     export_onnx(model, tmp_path)
     assert model.training
     model.eval()
-    input_ids, attention_mask = source_batch(**BATCH)
+    input_ids, attention_mask = source_batch(**SEARCH_BATCH)
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=3, max_new_tokens=10)
     output = ONNXTranslator(tmp_path).generate(input_ids.numpy(), attention_mask.numpy(), num_beams=3,
                                               max_new_tokens=10)
@@ -119,12 +41,8 @@ def test_export_runs_in_eval_mode_and_leaves_the_model_as_it_was(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny trained copy model saved as a model folder and exported with its int8 graphs."""
-    sentences = copy_task_sentences()
-    tokenizer = train_translation_tokenizer(sentences, sentences, vocab_size=60)
-    model = train_copy_model(tokenizer, sentences)
     folder = tmp_path_factory.mktemp("trained")
-    model.save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
+    model, tokenizer, sentences = saved_copy_model(folder / "model")
     assert cli.main(["export", "--model", str(folder / "model"), "--output", str(folder / "onnx"), "--int8"]) == 0
     return model, tokenizer, folder, sentences[:9]
 
@@ -264,37 +182,6 @@ def test_graphs_that_fail_the_check_leave_the_earlier_export_as_it_was(tmp_path,
 def test_local_m_is_refused(tmp_path):
     with pytest.raises(ValueError, match="ONNX export does not support attention_type='local-m'"):
         export_onnx(tiny_model("bigru-local-m-dot"), tmp_path)
-
-
-def test_bad_sources_are_refused(exported):
-    _, translator = exported("lstm-luong-location")
-    input_ids, attention_mask = source_batch(length=13)
-    with pytest.raises(ValueError, match="Source length 13 exceeds max_source_positions=12"):
-        translator.generate(input_ids.numpy(), attention_mask.numpy())
-    with pytest.raises(ValueError, match="must be right-padded"):
-        translator.generate(np.array([[3, 0, 4]]), np.array([[1, 0, 1]]))
-    with pytest.raises(ValueError, match=r"token ids in \[0, 20\)"):
-        translator.generate(np.array([[3, 25]]))
-
-
-@pytest.mark.parametrize("max_active_rows", [0, -1, 2.5])
-def test_a_bad_max_active_rows_is_refused(max_active_rows, exported):
-    _, translator = exported("bigru-bahdanau")
-    input_ids, attention_mask = source_batch(**BATCH)
-    with pytest.raises(ValueError, match="`max_active_rows` must be a positive integer or None"):
-        translator.generate(input_ids.numpy(), attention_mask.numpy(), max_active_rows=max_active_rows)
-
-
-def test_searches_side_by_side_share_max_active_rows(exported, monkeypatch):
-    """`max_active_rows` bounds the rows of all searches together: two searches decode two rows each at most."""
-    _, translator = exported("bigru-bahdanau", threads=2)
-    rows_per_step = []
-    step = translator._step
-    monkeypatch.setattr(translator, "_step", lambda tokens, *args: rows_per_step.append(len(tokens)) or
-                        step(tokens, *args))
-    input_ids, attention_mask = source_batch(seed=1, batch_size=8, length=9)
-    translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15, max_active_rows=4)
-    assert max(rows_per_step) == 2
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5])

@@ -14,67 +14,20 @@ from hf_rnn_attn import RNNAttnConfig, recurrent_layers
 from hf_rnn_attn_runtime import command_line
 from hf_rnn_attn_runtime.export_folder import ARCHITECTURE_DEFAULTS
 from hf_rnn_attn_runtime.torch_backend import SavedConfig, TorchTranslator
-from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
-from scoring_helpers import teacher_forced_scores
-from tiny_models import (LOCAL_VARIANTS, STEPWISE_VARIANTS, VARIANTS, copy_task_sentences, lively_model, source_batch,
-                         tiny_model, train_copy_model)
+from tiny_models import (LOCAL_VARIANTS, SEARCH_BATCH, VARIANTS, lively_model, saved_copy_model, source_batch,
+                         tiny_model)
 
-BATCH = dict(seed=1, batch_size=4, length=9)
 DERIVED = ("encoder_output_size", "encoder_state_size", "uses_bridge", "output_layer_input_size")
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """(variant, threads) -> (model, TorchTranslator of its saved folder)."""
-    folders, cache = {}, {}
-
-    def get(variant, threads=1, **overrides):
-        key = (variant, tuple(sorted(overrides.items())))
-        if key not in folders:
-            folders[key] = lively_model(variant, **overrides), tmp_path_factory.mktemp(variant)
-            folders[key][0].save_pretrained(folders[key][1])
-        if (key, threads) not in cache:
-            model, folder = folders[key]
-            cache[key, threads] = model, TorchTranslator(folder, threads=threads)
-        return cache[key, threads]
-    return get
-
-
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("max_active_rows", [None, 2])
-@pytest.mark.parametrize("variant", STEPWISE_VARIANTS)
-def test_greedy_search_equals_generate(variant, max_active_rows, threads, saved):
-    model, translator = saved(variant, threads)
-    input_ids, attention_mask = source_batch(**BATCH)
-    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=15)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=15,
-                                 max_active_rows=max_active_rows)
-    np.testing.assert_array_equal(output.sequences, expected.numpy())
-    log_probs, *_ = teacher_forced_scores(model, input_ids, attention_mask, expected, model.config.eos_token_id)
-    np.testing.assert_allclose(output.scores, log_probs.numpy(), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("max_active_rows", [None, 10])
-@pytest.mark.parametrize("variant", STEPWISE_VARIANTS)
-def test_beam_search_equals_generate(variant, max_active_rows, threads, saved):
-    model, translator = saved(variant, threads)
-    input_ids, attention_mask = source_batch(**BATCH)
-    settings = {"num_beams": 5, "num_return_sequences": 5, "max_new_tokens": 15}  # all beams, not only the best
-    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings, output_scores=True,
-                              return_dict_in_generate=True)
-    output = translator.generate(input_ids.numpy(), attention_mask.numpy(), **settings,
-                                 max_active_rows=max_active_rows)
-    np.testing.assert_array_equal(output.sequences, expected.sequences.numpy())
-    np.testing.assert_allclose(output.scores, expected.sequences_scores.numpy(), atol=1e-5, rtol=0)
-
-
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_a_tied_output_layer_is_loaded_from_the_embedding(num_beams, saved):
+def test_a_tied_output_layer_is_loaded_from_the_embedding(num_beams, tmp_path):
     """`save_pretrained` writes a tied output weight once, under the decoder embedding's name."""
-    model, translator = saved("lstm-luong-general", embedding_size=16, tie_word_embeddings=True)
+    model = lively_model("lstm-luong-general", embedding_size=16, tie_word_embeddings=True)
+    model.save_pretrained(tmp_path)
+    translator = TorchTranslator(tmp_path)
     assert translator.layers.lm_head.weight is translator.layers.model.decoder.embed_tokens.weight
-    input_ids, attention_mask = source_batch(**BATCH)
+    input_ids, attention_mask = source_batch(**SEARCH_BATCH)
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=10,
                               num_beams=num_beams)
     output = translator.generate(input_ids.numpy(), attention_mask.numpy(), max_new_tokens=10, num_beams=num_beams)
@@ -133,12 +86,8 @@ def test_a_bad_thread_count_is_refused(threads, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny trained copy model saved with its tokenizer, and a source file."""
-    sentences = copy_task_sentences()
-    tokenizer = train_translation_tokenizer(sentences, sentences, vocab_size=60)
-    model = train_copy_model(tokenizer, sentences)
     folder = tmp_path_factory.mktemp("trained")
-    model.save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
+    _, _, sentences = saved_copy_model(folder / "model")
     source = folder / "source.txt"
     source.write_text("\n".join([sentences[0], "   ", *sentences[1:9]]) + "\n", encoding="utf-8")
     return folder / "model", source

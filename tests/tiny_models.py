@@ -3,6 +3,7 @@
 import torch
 
 from hf_rnn_attn import RNNAttnConfig, RNNAttnForConditionalGeneration
+from hf_rnn_attn.tokenizer_training import train_translation_tokenizer
 
 TINY = dict(vocab_size=20, embedding_size=8, hidden_size=16, dropout=0.0)
 
@@ -45,6 +46,11 @@ LOCAL_VARIANTS = {
 # `TorchTranslator`): all but local-m, whose window follows the step index.
 STEPWISE_VARIANTS = [*VARIANTS, *(name for name, (_, overrides) in LOCAL_VARIANTS.items()
                                   if overrides["attention_type"] == "local-p")]
+
+
+# Four sentences of up to 9 tokens: another batch size and source length than the ONNX export traces, so that every
+# dynamic axis of its graphs is exercised.
+SEARCH_BATCH = dict(seed=1, batch_size=4, length=9)
 
 
 def tiny_config(variant, **overrides):
@@ -104,3 +110,14 @@ def train_copy_model(tokenizer, sentences, preset="bigru-bahdanau", steps=40, **
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def saved_copy_model(folder):
+    """`train_copy_model` on `copy_task_sentences` with its tokenizer (60 types), saved in `folder`: a model folder as
+    users have one. Returns the model, the tokenizer and the sentences."""
+    sentences = copy_task_sentences()
+    tokenizer = train_translation_tokenizer(sentences, sentences, vocab_size=60)
+    model = train_copy_model(tokenizer, sentences)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer, sentences
