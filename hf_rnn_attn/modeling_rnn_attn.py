@@ -1,8 +1,9 @@
 """RNN encoder-decoder with attention, as a Hugging Face seq2seq model.
 
-Reads top to bottom: input checks -> recurrent networks (one state format for GRU and LSTM) -> encoder ->
-decoder (its state, the plain step, the fused unroll for teacher forcing) -> pretrained base -> model -> model
-with the language-model head. The README's design notes list where each equation of the two architectures is.
+The layers (recurrent networks, encoder, decoder) are in `recurrent_layers.py`, which imports no transformers.
+This module reads top to bottom: the model's input checks -> the encoder's output and calling conventions ->
+pretrained base -> model -> model with the language-model head. The README's design notes list where each equation
+of the two architectures is.
 
 Shapes: B batch, S source length, T target length, E embedding size, H decoder hidden size,
 K encoder output size (2 x encoder hidden size when bidirectional), L layers, V vocabulary size.
@@ -24,6 +25,9 @@ from .linear_cross_entropy import linear_cross_entropy
 from .mixed_precision import fused_loss_matmul_dtype
 from .onednn_products import output_logits
 from .recurrent_layers import RecurrentEncoder, RNNAttnDecoder, check_embeddings, check_token_ids
+
+
+# ---------------------------------------------------------------------------------------------- input checks
 
 def check_batch_sizes(input_ids, encoder_outputs, **targets):
     """Targets (`labels`, `decoder_input_ids`) need one row per source: a loss over rows of another batch is

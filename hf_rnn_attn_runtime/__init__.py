@@ -4,7 +4,7 @@
   neither torch nor transformers (importing `hf_rnn_attn` loads both, about 3 s on a 2-core machine), so
   `hf-rnn-attn translate --backend onnx` starts in a fraction of a second. The export itself needs the PyTorch
   model (`hf_rnn_attn.onnx_export`).
-- `TorchTranslator`: a saved model folder on PyTorch's layers, without transformers' 2.5 s of imports.
+- `TorchTranslator`: a saved model folder on PyTorch's layers, without transformers' 3 s of imports.
 
 Both run the same greedy and beam search (`search.StepwiseTranslator`), which returns generate()'s tokens.
 """

@@ -20,7 +20,7 @@ cannot be written, are reported the same way after the other lines are translate
 
 This module imports neither torch nor transformers: `translate --backend onnx` runs here and starts in a fraction
 of a second; `translate` of a saved model on the CPU without the options that need the model class runs here on
-torch alone (`torch_backend`, 2.5 s sooner); every other command runs through `hf_rnn_attn.cli`.
+torch alone (`torch_backend`, about 3 s sooner); every other command runs through `hf_rnn_attn.cli`.
 """
 
 import argparse

@@ -1,10 +1,10 @@
 """hf_rnn_attn's torch-only modules, imported without the package's `__init__`.
 
 `import hf_rnn_attn` registers the model with transformers' Auto classes, which imports transformers'
-`PreTrainedModel` and `GenerationMixin` and with them `torch.distributed` and `torch._dynamo`: 2.5 s of a 9-s
-greedy translation of 1,000 verses (2-core EPYC). The layers (`recurrent_layers`) and the modules they import need
-only torch. Where the package is not imported yet, its files are imported here as the package
-`hf_rnn_attn_model_code`, whose `__init__` is empty: how transformers imports a model's remote code (as
+`PreTrainedModel` and `GenerationMixin` and with them `torch.distributed` and `torch._dynamo`: about 3 s more than
+torch's own imports, of a 9.4-s greedy translation of 1,000 verses (2-core EPYC). The layers (`recurrent_layers`)
+and the modules they import need only torch. Where the package is not imported yet, its files are imported here as
+the package `hf_rnn_attn_model_code`, whose `__init__` is empty: how transformers imports a model's remote code (as
 `transformers_modules.<folder>`). Where it is, its own modules are used.
 """
 

@@ -6,11 +6,12 @@ coverage penalty, a GPU).
     translator = TorchTranslator("runs/bigru-bahdanau/model")
     translator.translate(["En el principio creó Dios los cielos y la tierra."], num_beams=5)
 
-transformers' imports take 2.5 s before the first sentence, a quarter of a greedy translation of 1,000 verses
-(`model_code`). The layers need only torch: they are built from config.json, loaded from model.safetensors and run
-by the search of the ONNX backend (`search.StepwiseTranslator`, generate()'s tokens), whose encoder is
-`RecurrentEncoder.encode` plus the decoder's first state, and whose step is one decoder step, `output_logits` and
-the log-softmax: what `lean_decoding` runs inside generate(), so the tokens are the PyTorch model's.
+transformers' imports take about 3 s more than torch's before the first sentence, a third of a greedy
+translation of 1,000 verses (`model_code`). The layers need only torch: they are built from config.json, loaded
+from model.safetensors and run by the search of the ONNX backend (`search.StepwiseTranslator`, generate()'s
+tokens), whose encoder is `RecurrentEncoder.encode` plus the decoder's first state, and whose step is one decoder
+step, `output_logits` and the log-softmax: what `lean_decoding` runs inside generate(), so the tokens are the
+PyTorch model's.
 """
 
 import json
@@ -31,7 +32,9 @@ recurrent_layers = import_model_code("recurrent_layers")
 torch_threads = import_model_code("torch_threads")
 
 WEIGHTS_FILE = "model.safetensors"
-TIED_WEIGHTS = {"lm_head.weight": "model.decoder.embed_tokens.weight"}  # RNNAttnForConditionalGeneration's
+# `RNNAttnConfig`'s defaults for the training-only fields that `ARCHITECTURE_DEFAULTS` leaves out (its checks read them).
+TRAINING_DEFAULTS = {"dropout": 0.2, "init_range": 0.1, "use_cache": True}
+TIED_OUTPUT_WEIGHT = "lm_head.weight"  # saved once, as model.decoder.embed_tokens.weight, when tied
 
 
 class SavedConfig(SimpleNamespace, architecture.ArchitectureProperties):
@@ -43,7 +46,7 @@ class SavedConfig(SimpleNamespace, architecture.ArchitectureProperties):
         saved = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
         if saved.get("model_type") != "rnn_attn":
             raise ValueError(f"{folder} holds a {saved.get('model_type')!r} model, not an hf_rnn_attn (rnn_attn) one.")
-        config = cls(**{**ARCHITECTURE_DEFAULTS, "dropout": 0.0, **saved})
+        config = cls(**{**ARCHITECTURE_DEFAULTS, **TRAINING_DEFAULTS, **saved})
         for name in ("encoder_hidden_size", "attention_hidden_size"):  # RNNAttnConfig: None is hidden_size
             if getattr(config, name) is None:
                 setattr(config, name, config.hidden_size)
@@ -130,6 +133,7 @@ class TorchTranslator(StepwiseTranslator):
                 {name: getattr(new_state, name).numpy() for name in self.state_names})
 
     def _searches_side_by_side(self, count):
+        """One torch thread each: most of a step's operations are too small for torch to split over threads."""
         return torch_threads.torch_threads(1)
 
 
@@ -141,8 +145,8 @@ def _load_weights(model, path):
     """The saved weights into `model`; a tied output layer is saved once, under the embedding's name."""
     weights = load_file(str(path))
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights) - (set(TIED_WEIGHTS) if model.lm_head.weight is
-                                                     model.model.decoder.embed_tokens.weight else set()))
+    tied = model.lm_head.weight is model.model.decoder.embed_tokens.weight
+    missing = sorted(set(expected) - set(weights) - ({TIED_OUTPUT_WEIGHT} if tied else set()))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{path}'s weights do not fit config.json (missing {missing[:3]}, unexpected "

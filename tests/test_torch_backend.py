@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from hf_rnn_attn import RNNAttnConfig, recurrent_layers
 from hf_rnn_attn_runtime import command_line
 from hf_rnn_attn_runtime.export_folder import ARCHITECTURE_DEFAULTS
-from hf_rnn_attn_runtime.torch_backend import SavedConfig, TorchTranslator
+from hf_rnn_attn_runtime.torch_backend import TRAINING_DEFAULTS, SavedConfig, TorchTranslator
 from tiny_models import (LOCAL_VARIANTS, SEARCH_BATCH, VARIANTS, lively_model, saved_copy_model, source_batch,
                          tiny_model)
 
@@ -42,6 +42,13 @@ def test_the_saved_config_reads_as_rnn_attn_config(variant, tmp_path):
     config = SavedConfig.from_folder(tmp_path)
     for name in (*ARCHITECTURE_DEFAULTS, *DERIVED):
         assert getattr(config, name) == getattr(model.config, name), name
+
+
+def test_a_config_json_without_fields_reads_as_rnn_attn_config_defaults(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "rnn_attn"}))
+    config, defaults = SavedConfig.from_folder(tmp_path), RNNAttnConfig()
+    for name in (*ARCHITECTURE_DEFAULTS, *TRAINING_DEFAULTS, *DERIVED):
+        assert getattr(config, name) == getattr(defaults, name), name
 
 
 def test_a_config_that_rnn_attn_config_refuses_is_refused(tmp_path):
