@@ -101,9 +101,9 @@ def build_parser():
                            help="Run in int8: torch.ao dynamic quantisation of the PyTorch model, or the int8 graphs "
                                 "of `hf-rnn-attn export --int8`.")
     translate.add_argument("--threads", type=_positive_int, default=None,
-                           help="CPU threads: how many searches run side by side, one thread each (on PyTorch, "
-                                "while each gets a batch's worth of lines; default: one per core; on a machine that "
-                                "other processes keep busy, 1 can be much faster).")
+                           help="CPU threads: how many searches run side by side, one thread each (fewer when "
+                                "there are too few lines for each; default: one per core; on a machine that other "
+                                "processes keep busy, 1 can be much faster).")
 
     export = subcommands.add_parser("export", help="Export a saved model to ONNX graphs for --backend onnx.")
     export.add_argument("--model", required=True, help="Folder of a saved model (config.json, weights, tokenizer).")

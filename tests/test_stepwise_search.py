@@ -78,8 +78,7 @@ def test_beam_search_rules_equal_generate(backend, settings, max_active_rows, tr
     """Length penalty, the three early-stopping rules, several returned sequences, and the length limit; all
     sentences at once in two searches side by side, and one at a time (`max_active_rows=4`, the beams of one)."""
     model, translator = translators(backend, "lstm-input-feeding-bidirectional", threads=2)
-    check_beam_search(model, translator, {"num_beams": 4, "max_new_tokens": 12, **settings},
-                      max_active_rows)
+    check_beam_search(model, translator, {"num_beams": 4, "max_new_tokens": 12, **settings}, max_active_rows)
 
 
 def check_beam_search(model, translator, settings, max_active_rows):
