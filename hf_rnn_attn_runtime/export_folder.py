@@ -26,6 +26,13 @@ GENERATION_DEFAULTS = {"num_beams": 1, "num_return_sequences": 1, "max_length": 
                        "early_stopping": False}
 # What `GenerationConfig.from_model_config` takes from a config when the folder has no generation_config.json.
 MODEL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+# Generation config fields that leave generate()'s tokens as the search computes them: any value of the first, the
+# value given of the second. Any other field (sampling, a repetition penalty, a minimum length, ...) would make the
+# search's translations differ from generate()'s, so a folder whose generation config sets one is refused.
+OUTPUT_ONLY_FIELDS = {"_from_model_config", "transformers_version", "output_attentions", "output_hidden_states",
+                      "output_scores", "output_logits", "return_dict_in_generate", "use_cache"}
+NEUTRAL_VALUES = {"do_sample": False, "num_beam_groups": 1, "temperature": 1.0, "top_p": 1.0, "top_k": 50,
+                  "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0}
 
 
 def read_config(folder, defaults):
@@ -35,7 +42,8 @@ def read_config(folder, defaults):
 
 @dataclass
 class GenerationSettings:
-    """The generation config fields the search reads, with generate()'s values for unset ones.
+    """The generation config fields the search reads, with generate()'s values for unset ones. `from_folder`
+    raises `ValueError` for a generation config that sets a field the search does not apply.
 
     `sets_length`: whether the folder's generation config chose a length limit (else translation stops after
     the pipeline's default number of new tokens)."""
@@ -55,6 +63,12 @@ class GenerationSettings:
         if path.is_file():
             chosen = {key: value for key, value in json.loads(path.read_text(encoding="utf-8")).items()
                       if value is not None}
+            searched = {*cls.__dataclass_fields__, *MODEL_TOKEN_FIELDS, *OUTPUT_ONLY_FIELDS}
+            unsupported = sorted(key for key, value in chosen.items() if key not in searched
+                                 and (key not in NEUTRAL_VALUES or value != NEUTRAL_VALUES[key]))
+            if unsupported:
+                raise ValueError(f"{path} sets {', '.join(unsupported)}, which this search does not apply: only "
+                                 f"generate() gives this model's translations.")
         else:
             chosen = {key: getattr(config, key) for key in MODEL_TOKEN_FIELDS if getattr(config, key, None) is not None}
         settings = {**GENERATION_DEFAULTS, "max_new_tokens": None, "eos_token_id": None, **chosen}

@@ -79,7 +79,8 @@ class TorchTranslator(StepwiseTranslator):
 
     Raises `FileNotFoundError` for a folder without those files, and `ValueError` for one that this class does
     not run: another model type, local-m attention (whose step index the search does not carry), weights in another
-    dtype, or weights that do not fit the config. `hf-rnn-attn translate` then loads the full model class.
+    dtype, weights that do not fit the config, or a generation config that sets what only generate() applies
+    (sampling, a repetition penalty, ...). `hf-rnn-attn translate` then loads the full model class.
     """
 
     tokenizer_hint = "save the model's (fast) tokenizer with it (`tokenizer.save_pretrained(folder)`)"

@@ -16,8 +16,8 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from hf_rnn_attn import RNNAttnConfig, cli
 from hf_rnn_attn.onnx import GRAPH_FILES, ONNXTranslator
-from hf_rnn_attn_runtime.export_folder import (ARCHITECTURE_DEFAULTS, GENERATION_DEFAULTS, ExportedTokenizer,
-                                               GenerationSettings)
+from hf_rnn_attn_runtime.export_folder import (ARCHITECTURE_DEFAULTS, GENERATION_DEFAULTS, NEUTRAL_VALUES,
+                                               ExportedTokenizer, GenerationSettings)
 from hf_rnn_attn.onnx_export import OPSET, export_onnx, top_k_nodes
 from hf_rnn_attn.quantization import quantize_int8
 from hf_rnn_attn.translate import translate_texts
@@ -203,6 +203,7 @@ def test_the_runtime_reads_the_config_defaults_of_rnn_attn_config():
 def test_the_runtime_reads_unset_generation_settings_as_generate_does():
     defaults = GenerationConfig._get_default_generation_params()
     assert GENERATION_DEFAULTS == {name: defaults[name] for name in GENERATION_DEFAULTS}
+    assert NEUTRAL_VALUES == {name: defaults[name] for name in NEUTRAL_VALUES}
 
 
 def test_the_runtime_tokenizer_gives_the_ids_and_texts_of_the_saved_tokenizer(trained):
@@ -227,6 +228,20 @@ def test_generation_settings_without_a_generation_config_come_from_the_config(tr
     assert translator.generation_config == GenerationSettings(
         num_beams=1, num_return_sequences=1, max_length=20, max_new_tokens=None, length_penalty=1.0,
         early_stopping=False, eos_token_id=translator.config.eos_token_id, sets_length=False)
+
+
+def test_a_generation_config_that_changes_generate_s_tokens_is_refused(trained, tmp_path):
+    """The search applies no logits processor: a generation config that sets one would give other translations
+    than the model's. Fields that do not change the tokens, or set to generate()'s own values, are read."""
+    _, _, folder, _ = trained
+    shutil.copytree(folder / "onnx", tmp_path / "onnx")
+    path = tmp_path / "onnx" / "generation_config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "do_sample": False, "repetition_penalty": 1.0, "output_scores": True}))
+    assert ONNXTranslator(tmp_path / "onnx").generation_config.num_beams == 1
+    path.write_text(json.dumps({**saved, "no_repeat_ngram_size": 2, "do_sample": True, "top_k": 50}))
+    with pytest.raises(ValueError, match="sets do_sample, no_repeat_ngram_size, which this search does not apply"):
+        ONNXTranslator(tmp_path / "onnx")
 
 
 def test_translating_with_the_runtime_imports_neither_torch_nor_transformers(trained):

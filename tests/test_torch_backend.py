@@ -2,6 +2,7 @@
 runs, the model class's text through the CLI, the cases it leaves to the model class, and no transformers import."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -166,7 +167,11 @@ def test_folders_it_does_not_run_and_a_gpu_take_the_model_class(trained, tmp_pat
     for name in ("config.json", "tokenizer.json"):
         (tmp_path / "damaged" / name).write_bytes((model / name).read_bytes())
     (tmp_path / "damaged" / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:100])
-    for folder in (tmp_path / "no-tokenizer", tmp_path / "damaged", tmp_path / "missing"):
+    shutil.copytree(model, tmp_path / "no-repeat-ngrams")
+    generation_config = tmp_path / "no-repeat-ngrams" / "generation_config.json"
+    generation_config.write_text(json.dumps({**json.loads(generation_config.read_text()), "no_repeat_ngram_size": 2}))
+    for name in ("no-tokenizer", "damaged", "missing", "no-repeat-ngrams"):
+        folder = tmp_path / name
         assert command_line.load_torch_translator(parse(["translate", "--model", str(folder)])) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert command_line.load_torch_translator(parse(["translate", "--model", str(model)])) is None
