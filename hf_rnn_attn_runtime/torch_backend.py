@@ -38,8 +38,8 @@ TIED_OUTPUT_WEIGHT = "lm_head.weight"  # saved once, as model.decoder.embed_toke
 
 
 class SavedConfig(SimpleNamespace, architecture.ArchitectureProperties):
-    """config.json's fields, with `RNNAttnConfig`'s defaults for those it leaves out (`save_pretrained` writes only
-    the fields that differ from them), its checks and its derived sizes."""
+    """config.json's fields, with `RNNAttnConfig`'s defaults for those it leaves out, its checks and its derived
+    sizes."""
 
     @classmethod
     def from_folder(cls, folder):

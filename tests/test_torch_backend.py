@@ -37,7 +37,7 @@ def test_a_tied_output_layer_is_loaded_from_the_embedding(num_beams, tmp_path):
 
 @pytest.mark.parametrize("variant", [*VARIANTS, *LOCAL_VARIANTS])
 def test_the_saved_config_reads_as_rnn_attn_config(variant, tmp_path):
-    """config.json holds only the fields that differ from the defaults; the rest read as `RNNAttnConfig`'s."""
+    """What `save_pretrained` writes reads as the model's config, derived sizes included."""
     model = tiny_model(variant)
     model.config.save_pretrained(tmp_path)
     config = SavedConfig.from_folder(tmp_path)
@@ -46,6 +46,7 @@ def test_the_saved_config_reads_as_rnn_attn_config(variant, tmp_path):
 
 
 def test_a_config_json_without_fields_reads_as_rnn_attn_config_defaults(tmp_path):
+    """A field config.json leaves out reads as `RNNAttnConfig`'s default, as transformers would read it."""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "rnn_attn"}))
     config, defaults = SavedConfig.from_folder(tmp_path), RNNAttnConfig()
     for name in (*ARCHITECTURE_DEFAULTS, *TRAINING_DEFAULTS, *DERIVED):
