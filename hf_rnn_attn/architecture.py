@@ -42,6 +42,12 @@ def _check_number(name, value, low, high=None):
 class ArchitectureProperties:
     """Derived sizes and the checks, mixed into a class that has `RNNAttnConfig`'s fields (documented there)."""
 
+    def fill_size_defaults(self):
+        """`encoder_hidden_size` and `attention_hidden_size` left None are `hidden_size`."""
+        for name in ("encoder_hidden_size", "attention_hidden_size"):
+            if getattr(self, name) is None:
+                setattr(self, name, self.hidden_size)
+
     @property
     def encoder_output_size(self):
         """K: size of one encoder state h_i."""

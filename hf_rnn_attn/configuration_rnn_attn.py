@@ -142,13 +142,13 @@ class RNNAttnConfig(ArchitectureProperties, PretrainedConfig):
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
         self.hidden_size = hidden_size
-        self.encoder_hidden_size = hidden_size if encoder_hidden_size is None else encoder_hidden_size
+        self.encoder_hidden_size = encoder_hidden_size
         self.rnn_cell = rnn_cell
         self.encoder_layers = encoder_layers
         self.decoder_layers = decoder_layers
         self.bidirectional_encoder = bidirectional_encoder
         self.attention_score = attention_score
-        self.attention_hidden_size = hidden_size if attention_hidden_size is None else attention_hidden_size
+        self.attention_hidden_size = attention_hidden_size
         self.attention_type = attention_type
         self.local_window = local_window
         self.input_feeding = input_feeding
@@ -159,6 +159,7 @@ class RNNAttnConfig(ArchitectureProperties, PretrainedConfig):
         self.max_source_positions = max_source_positions
         self.init_range = init_range
         self.use_cache = use_cache
+        self.fill_size_defaults()
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

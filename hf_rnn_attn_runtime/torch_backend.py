@@ -47,9 +47,7 @@ class SavedConfig(SimpleNamespace, architecture.ArchitectureProperties):
         if saved.get("model_type") != "rnn_attn":
             raise ValueError(f"{folder} holds a {saved.get('model_type')!r} model, not an hf_rnn_attn (rnn_attn) one.")
         config = cls(**{**ARCHITECTURE_DEFAULTS, **TRAINING_DEFAULTS, **saved})
-        for name in ("encoder_hidden_size", "attention_hidden_size"):  # RNNAttnConfig: None is hidden_size
-            if getattr(config, name) is None:
-                setattr(config, name, config.hidden_size)
+        config.fill_size_defaults()
         config.validate_architecture()
         return config
 
