@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .attention import ALIGNMENTS, SCORES, attend, local_window
+from .fused_gru import gru_directions
 from .fused_unroll import fuses, unroll_gru_attention
 from .mixed_precision import cpu_autocast_supports, float32_fast_paths_run, without_autocast
 
@@ -138,6 +139,8 @@ def run_gru_padded(gru, embedded, lengths):
     the size of the whole packed input at every step (the backward of its per-step `narrow`). Each row's padding
     comes after its tokens, so a forward direction reads it only after its last real state; a backward direction
     runs over each row reversed within its length. Padded positions are zero, as `pad_packed_sequence` leaves them.
+    On the CPU a layer's directions run side by side with a hand-written backward pass (`fused_gru.py`); elsewhere
+    each runs as `torch.gru` (cuDNN on a GPU).
 
     Args: embedded B x S x E, lengths B (on the input's device). Returns outputs B x S x (D H) and the final state
     `(h,)`, B x (L D) x H, ordered as `nn.GRU` orders it (layer, then direction).
@@ -151,15 +154,19 @@ def run_gru_padded(gru, embedded, lengths):
     for layer in range(gru.num_layers):
         if layer > 0:
             inputs = F.dropout(inputs, gru.dropout, gru.training)  # what the stacked GRU applies between layers
+        direction_inputs = [inputs]
+        if directions > 1:
+            direction_inputs.append(inputs.gather(1, reversed_order[..., None].expand(-1, -1, inputs.size(-1))))
+        weights = [[getattr(gru, f"{name}_l{layer}" + ("_reverse" if direction else ""))
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")] for direction in range(directions)]
+        if inputs.device.type == "cpu":
+            all_states = gru_directions(direction_inputs, weights)  # B x S x H each
+        else:
+            all_states = [torch.gru(direction_input, direction_input.new_zeros(1, inputs.size(0), gru.hidden_size),
+                                    direction_weights, True, 1, 0.0, gru.training, False, True)[0]
+                          for direction_input, direction_weights in zip(direction_inputs, weights)]
         outputs = []
-        for direction in range(directions):
-            suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            weights = [getattr(gru, f"{name}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            direction_inputs = inputs
-            if direction:
-                direction_inputs = inputs.gather(1, reversed_order[..., None].expand(-1, -1, inputs.size(-1)))
-            states, _ = torch.gru(direction_inputs, direction_inputs.new_zeros(1, inputs.size(0), gru.hidden_size),
-                                  weights, True, 1, 0.0, gru.training, False, True)  # B x S x H
+        for direction, states in enumerate(all_states):
             finals.append(states.gather(1, last[..., None].expand(-1, 1, gru.hidden_size)))  # B x 1 x H
             if direction:
                 states = states.gather(1, reversed_order[..., None].expand(-1, -1, gru.hidden_size))

@@ -311,8 +311,9 @@ class TranslationTrainer(Seq2SeqTrainer):
     def _get_train_sampler(self, train_dataset=None):
         """`group_by_length` groups by target length, then source length, and shuffles the batches.
 
-        Trainer's default key is the source length, but the decoder loop and the output layer, most of a
-        step, scale with the padded target length, while the packed encoder never computes source padding.
+        Trainer's default key is the source length, but the decoder loop, most of a step after the output layer
+        (which computes real target tokens only), scales with the padded target length; the encoder, which scales
+        with the padded source length, is under a tenth of a step.
         Its batches come longest to shortest 50 at a time; `ShuffledLengthGroupedSampler` says why not.
         """
         dataset = train_dataset if train_dataset is not None else self.train_dataset

@@ -9,6 +9,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from hf_rnn_attn import attention, lean_decoding, recurrent_layers
 from hf_rnn_attn import linear_cross_entropy as fused_loss
 from hf_rnn_attn.attention import AdditiveScoreFunction
+from hf_rnn_attn.fused_gru import gru_directions
 from hf_rnn_attn.fused_unroll import _GRUAttentionUnroll, fuses
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
 from hf_rnn_attn.workspace import workspace
@@ -149,6 +150,30 @@ def test_padded_gru_encoder_in_training_equals_the_packed_encoder(variant, monke
     with torch.no_grad():  # inference keeps the packed GRU
         encoder(input_ids=input_ids, attention_mask=attention_mask)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+def test_gru_directions_side_by_side_equal_torch_gru_one_by_one(directions):
+    generator = torch.Generator().manual_seed(0)
+    batch, steps, input_size, hidden_size = 3, 5, 4, 6
+    gru = torch.nn.GRU(input_size, hidden_size, batch_first=True, bidirectional=directions == 2).double()
+    weights = [list(parameters) for parameters in gru.all_weights]  # per direction: W_ih, W_hh, b_ih, b_hh
+    inputs = [torch.randn(batch, steps, input_size, dtype=torch.float64, generator=generator, requires_grad=True)
+              for _ in range(directions)]
+    fused = gru_directions(inputs, weights)
+    plain = [torch.gru(x, x.new_zeros(1, batch, hidden_size), w, True, 1, 0.0, True, False, True)[0]
+             for x, w in zip(inputs, weights)]
+    leaves = [*inputs, *gru.parameters()]
+    output_weights = [torch.randn(batch, steps, hidden_size, dtype=torch.float64, generator=generator)
+                      for _ in range(directions)]
+    grads = [torch.autograd.grad(sum((states * w).sum() for states, w in zip(outputs, output_weights)), leaves,
+                                 retain_graph=True) for outputs in (fused, plain)]
+    for fused_states, plain_states in zip(fused, plain):
+        torch.testing.assert_close(fused_states, plain_states)
+    for fused_grad, plain_grad in zip(*grads):
+        torch.testing.assert_close(fused_grad, plain_grad)
+    if directions == 2:  # the directions are independent: one's states do not depend on the other's inputs
+        assert not torch.autograd.grad(fused[0].sum(), inputs[1])[0].any()
 
 
 class PassThrough(LogitsProcessor):

@@ -45,8 +45,8 @@ GENERATION_SETTINGS = [{"max_new_tokens": 12}, {"max_new_tokens": 12, "num_beams
 EXPECTED_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                   "tokenizer_config.json", "configuration_rnn_attn.py", "modeling_rnn_attn.py", "attention.py",
                   "lean_decoding.py", "linear_cross_entropy.py", "pipeline_translation.py", "alignment.py",
-                  "beam_penalties.py", "fused_unroll.py", "mixed_precision.py", "workspace.py", "onednn_products.py",
-                  "recurrent_layers.py", "architecture.py", "torch_threads.py"}
+                  "beam_penalties.py", "fused_gru.py", "fused_unroll.py", "mixed_precision.py", "workspace.py",
+                  "onednn_products.py", "recurrent_layers.py", "architecture.py", "torch_threads.py"}
 
 
 # -------------------------------------------------------------------------------- tiny trained models (fixtures)
