@@ -37,6 +37,37 @@ def gru_directions(direction_inputs, weights):
     return _GRUDirections.apply(input_gates, hidden, weight_hh, bias_hh).unbind(0)
 
 
+def gru_step(input_gates, hidden_gates, previous, reset_update, candidate, hidden_candidate, hidden):
+    """One step of `nn.GRU`'s cell from its input gates `gi` and hidden gates `gh = W_hh h_{t-1} + b_hh` (... x G),
+    written into buffers that the backward pass keeps (`gru_step_backward`): `[r ; z]` (... x 2H), `n`, `gh[2H:]`
+    and `h_t` (... x H each). `previous` is `h_{t-1}`."""
+    size = previous.size(-1)
+    torch.add(input_gates[..., :2 * size], hidden_gates[..., :2 * size], out=reset_update).sigmoid_()
+    reset, update = reset_update.chunk(2, dim=-1)
+    hidden_candidate.copy_(hidden_gates[..., 2 * size:])
+    torch.addcmul(input_gates[..., 2 * size:], reset, hidden_gates[..., 2 * size:], out=candidate).tanh_()
+    torch.addcmul(candidate, update, previous - candidate, out=hidden)  # (1 - z) n + z h
+
+
+def gru_step_backward(grad_hidden, previous, reset_update, candidate, hidden_candidate, grad_input_gates,
+                      grad_hidden_gates):
+    """The backward pass of `gru_step` for `dh_t` (... x H): writes `d gi` and `d gh` (... x G) and returns the part
+    of `d h_{t-1}` that flows through `z`; the rest is `d gh W_hh`."""
+    size = previous.size(-1)
+    reset, update = reset_update.chunk(2, dim=-1)
+    grad_candidate = torch.addcmul(grad_hidden, grad_hidden, update, value=-1)  # dh (1 - z)
+    grad_update = grad_hidden * (previous - candidate)
+    grad_previous = grad_hidden * update
+    grad_candidate_in = grad_candidate.mul_(1 - candidate * candidate)  # d (gi_n + r gh_n)
+    derivative = reset_update * (1 - reset_update)  # sigmoid' of [r ; z]
+    torch.mul(grad_candidate_in * hidden_candidate, derivative[..., :size], out=grad_input_gates[..., :size])
+    torch.mul(grad_update, derivative[..., size:], out=grad_input_gates[..., size:2 * size])
+    grad_input_gates[..., 2 * size:] = grad_candidate_in
+    grad_hidden_gates[..., :2 * size] = grad_input_gates[..., :2 * size]
+    torch.mul(grad_candidate_in, reset, out=grad_hidden_gates[..., 2 * size:])
+    return grad_previous
+
+
 class _GRUDirections(torch.autograd.Function):
     """Per step t and direction, as `nn.GRU` computes them (buffers D x S x B x ...: step t of all directions is
     one D x B x ... view):
@@ -59,13 +90,8 @@ class _GRUDirections(torch.autograd.Function):
         weight_t, bias = weight_hh.transpose(1, 2), bias_hh.unsqueeze(1)  # D x H x G, D x 1 x G
         for t in range(steps):
             hidden_gates = torch.baddbmm(bias, hiddens[:, t], weight_t)  # D x B x G
-            torch.add(gates[:, t, :, :2 * size], hidden_gates[..., :2 * size], out=reset_update[:, t]).sigmoid_()
-            reset, update = reset_update[:, t].chunk(2, dim=-1)
-            hidden_candidates[:, t] = hidden_gates[..., 2 * size:]
-            torch.addcmul(gates[:, t, :, 2 * size:], reset, hidden_gates[..., 2 * size:],
-                          out=candidates[:, t]).tanh_()
-            torch.addcmul(candidates[:, t], update, hiddens[:, t] - candidates[:, t],
-                          out=hiddens[:, t + 1])  # (1 - z) n + z h
+            gru_step(gates[:, t], hidden_gates, hiddens[:, t], reset_update[:, t], candidates[:, t],
+                     hidden_candidates[:, t], hiddens[:, t + 1])
         ctx.save_for_backward(weight_hh, hiddens, reset_update, candidates, hidden_candidates)
         return hiddens[:, 1:].transpose(1, 2)
 
@@ -83,19 +109,9 @@ class _GRUDirections(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hiddens[:, 0])  # d h_t from step t + 1
         for t in reversed(range(steps)):
             grad_hidden = grad_hidden + grad_states[:, t]
-            reset, update = reset_update[:, t].chunk(2, dim=-1)
-            candidate, previous = candidates[:, t], hiddens[:, t]
-            grad_candidate = torch.addcmul(grad_hidden, grad_hidden, update, value=-1)  # dh (1 - z)
-            grad_update = grad_hidden * (previous - candidate)
-            grad_previous = grad_hidden * update
-            grad_candidate_in = grad_candidate.mul_(1 - candidate * candidate)  # d (gi_n + r gh_n)
-            derivative = reset_update[:, t] * (1 - reset_update[:, t])  # sigmoid' of [r ; z]
-            torch.mul(grad_candidate_in * hidden_candidates[:, t], derivative[..., :size],
-                      out=grad_input_gates[:, t, :, :size])
-            torch.mul(grad_update, derivative[..., size:], out=grad_input_gates[:, t, :, size:2 * size])
-            grad_input_gates[:, t, :, 2 * size:] = grad_candidate_in
-            grad_hidden_gates[:, t, :, :2 * size] = grad_input_gates[:, t, :, :2 * size]
-            torch.mul(grad_candidate_in, reset, out=grad_hidden_gates[:, t, :, 2 * size:])
+            grad_previous = gru_step_backward(grad_hidden, hiddens[:, t], reset_update[:, t], candidates[:, t],
+                                              hidden_candidates[:, t], grad_input_gates[:, t],
+                                              grad_hidden_gates[:, t])
             grad_hidden = torch.baddbmm(grad_previous, grad_hidden_gates[:, t], weight_hh)  # d h_{t-1}
         all_steps = grad_hidden_gates.reshape(directions, steps * batch, 3 * size)  # D x S B x G
         grad_weight_hh = torch.bmm(all_steps.transpose(1, 2), hiddens[:, :-1].reshape(directions, -1, size))

@@ -18,6 +18,7 @@ tests/test_fast_paths.py holds it to the plain step (outputs, state and gradient
 import torch
 
 from .attention import additive_score_sums, additive_scores, attend
+from .fused_gru import gru_step, gru_step_backward
 
 
 def fuses(config):
@@ -72,11 +73,8 @@ class _GRUAttentionUnroll(torch.autograd.Function):
         for t in range(steps):
             input_gates = torch.addmm(gates[t], contexts[t], weight_context.t())  # B x G
             hidden_gates = torch.addmm(bias_hh, hiddens[t], weight_hh.t())  # B x G
-            torch.add(input_gates[:, :2 * size], hidden_gates[:, :2 * size], out=reset_update[t]).sigmoid_()
-            reset, update = reset_update[t].chunk(2, dim=-1)
-            hidden_candidates[t] = hidden_gates[:, 2 * size:]
-            torch.addcmul(input_gates[:, 2 * size:], reset, hidden_gates[:, 2 * size:], out=candidates[t]).tanh_()
-            torch.addcmul(candidates[t], update, hiddens[t] - candidates[t], out=hiddens[t + 1])  # (1 - z) n + z h
+            gru_step(input_gates, hidden_gates, hiddens[t], reset_update[t], candidates[t], hidden_candidates[t],
+                     hiddens[t + 1])
             torch.mm(hiddens[t + 1], weight_query.t(), out=queries[t])
             scores = additive_scores(queries[t].unsqueeze(1), projected_keys, v)  # B x 1 x S
             step_context, step_weights = attend(scores, attention_mask, keys)  # B x 1 x K, B x 1 x S
@@ -120,20 +118,8 @@ class _GRUAttentionUnroll(torch.autograd.Function):
             grad_hidden = torch.addmm(grad_hidden, grad_queries[t], weight_query)  # B x H: d h_t
             if grad_hiddens is not None:
                 grad_hidden += grad_hiddens[t]
-            # The GRU cell's backward pass.
-            reset, update = reset_update[t].chunk(2, dim=-1)
-            candidate, previous = candidates[t], hiddens[t]
-            grad_candidate = torch.addcmul(grad_hidden, grad_hidden, update, value=-1)  # dh (1 - z)
-            grad_update = grad_hidden * (previous - candidate)
-            grad_previous = grad_hidden * update
-            grad_candidate_in = grad_candidate.mul_(1 - candidate * candidate)  # d (gi_n + r gh_n)
-            grad_reset = grad_candidate_in * hidden_candidates[t]
-            derivative = reset_update[t] * (1 - reset_update[t])  # sigmoid' of [r ; z]
-            torch.mul(grad_reset, derivative[:, :size], out=grad_input_gates[t, :, :size])
-            torch.mul(grad_update, derivative[:, size:], out=grad_input_gates[t, :, size:2 * size])
-            grad_input_gates[t, :, 2 * size:] = grad_candidate_in
-            grad_hidden_gates[t, :, :2 * size] = grad_input_gates[t, :, :2 * size]
-            torch.mul(grad_candidate_in, reset, out=grad_hidden_gates[t, :, 2 * size:])
+            grad_previous = gru_step_backward(grad_hidden, hiddens[t], reset_update[t], candidates[t],
+                                              hidden_candidates[t], grad_input_gates[t], grad_hidden_gates[t])
             grad_hidden = torch.addmm(grad_previous, grad_hidden_gates[t], weight_hh)  # d h_{t-1}
             grad_context = grad_input_gates[t] @ weight_context  # d c_{t-1}, through the input gates
         grad_weight_context = _all_steps(grad_input_gates).t() @ _all_steps(contexts[:-1])  # G x K
