@@ -8,7 +8,8 @@ small operations per step and, in the backward pass, multiplies each weight's gr
 of 64 rows for each weight of a 30-token batch, at a fraction of the speed of one product of 30 x 64 rows. Here
 the forward pass runs without autograd and keeps what the backward pass needs; the backward pass runs the steps
 in reverse for the gradients that flow through time (`h_t`, `c_t`), then takes every weight's gradient as one
-product over all steps (`_GRUAttentionUnroll.backward`).
+product over all steps (`_GRUAttentionUnroll.backward`). On the CPU the steps run in blocks of rows side by side,
+one per torch thread (`torch_threads.in_row_blocks`): a sentence's recurrence does not touch another's.
 
 It computes exactly what `RNNAttnDecoder.step` computes one token at a time, for a one-layer GRU decoder with input
 feeding and global additive attention (the `bigru-bahdanau` preset); `fuses(config)` says when it applies, and
@@ -19,6 +20,7 @@ import torch
 
 from .attention import additive_score_sums, additive_scores, attend
 from .fused_gru import gru_step, gru_step_backward
+from .torch_threads import in_row_blocks
 
 
 def fuses(config):
@@ -70,15 +72,20 @@ class _GRUAttentionUnroll(torch.autograd.Function):
         queries = hidden.new_empty(steps, hidden.size(0), weight_query.size(0))  # T x B x A: W1 h_t
         weights = keys.new_empty(steps, keys.size(0), keys.size(1))  # T x B x S: alpha_t
         hiddens[0], contexts[0] = hidden, context
-        for t in range(steps):
-            input_gates = torch.addmm(gates[t], contexts[t], weight_context.t())  # B x G
-            hidden_gates = torch.addmm(bias_hh, hiddens[t], weight_hh.t())  # B x G
-            gru_step(input_gates, hidden_gates, hiddens[t], reset_update[t], candidates[t], hidden_candidates[t],
-                     hiddens[t + 1])
-            torch.mm(hiddens[t + 1], weight_query.t(), out=queries[t])
-            scores = additive_scores(queries[t].unsqueeze(1), projected_keys, v)  # B x 1 x S
-            step_context, step_weights = attend(scores, attention_mask, keys)  # B x 1 x K, B x 1 x S
-            contexts[t + 1], weights[t] = step_context.squeeze(1), step_weights.squeeze(1)
+
+        def run_rows(rows):
+            row_keys, row_projected_keys, row_mask = keys[rows], projected_keys[rows], attention_mask[rows]
+            for t in range(steps):
+                input_gates = torch.addmm(gates[t, rows], contexts[t, rows], weight_context.t())  # b x G
+                hidden_gates = torch.addmm(bias_hh, hiddens[t, rows], weight_hh.t())  # b x G
+                gru_step(input_gates, hidden_gates, hiddens[t, rows], reset_update[t, rows], candidates[t, rows],
+                         hidden_candidates[t, rows], hiddens[t + 1, rows])
+                torch.mm(hiddens[t + 1, rows], weight_query.t(), out=queries[t, rows])
+                scores = additive_scores(queries[t, rows].unsqueeze(1), row_projected_keys, v)  # b x 1 x S
+                step_context, step_weights = attend(scores, row_mask, row_keys)  # b x 1 x K, b x 1 x S
+                contexts[t + 1, rows], weights[t, rows] = step_context.squeeze(1), step_weights.squeeze(1)
+
+        in_row_blocks(run_rows, hidden.size(0), hidden.device)
         ctx.save_for_backward(keys, projected_keys, weight_context, weight_hh, weight_query, v, hiddens, contexts,
                               reset_update, candidates, hidden_candidates, queries, weights)
         return hiddens[1:].transpose(0, 1), contexts[1:].transpose(0, 1), weights.transpose(0, 1)
@@ -97,31 +104,43 @@ class _GRUAttentionUnroll(torch.autograd.Function):
         grad_queries = torch.empty_like(queries)  # T x B x A, up to the factor 4 v
         grad_step_contexts = torch.empty_like(contexts[1:])  # T x B x K: d c_t, through both its uses
         grad_projected_keys = torch.zeros_like(projected_keys)  # up to the factor 4 v
-        grad_v = torch.zeros_like(v)
-        grad_hidden = hiddens.new_zeros(hiddens.shape[1:])  # d h_t from step t + 1
-        grad_context = contexts.new_zeros(contexts.shape[1:])  # d c_t from step t + 1
-        for t in reversed(range(steps)):
-            if grad_contexts is not None:
-                grad_context = grad_context + grad_contexts[t]
-            grad_step_contexts[t] = grad_context
-            # c_t = alpha_t h: d alpha_t, then the softmax's backward (padding has alpha = 0 and gets 0).
-            # As a row times keys^T: the same product as keys times a column, ~9x faster on the CPU.
-            grad_alpha = torch.bmm(grad_context.unsqueeze(1), keys.transpose(1, 2)).squeeze(1)  # B x S
-            if grad_weights is not None:
-                grad_alpha = grad_alpha + grad_weights[t]
-            alpha = weights[t]
-            grad_scores = alpha * (grad_alpha - (alpha * grad_alpha).sum(dim=-1, keepdim=True))  # B x S
-            grad_query, step_grad_v = additive_score_sums(grad_scores.unsqueeze(1), queries[t].unsqueeze(1),
-                                                          projected_keys, v, grad_projected_keys, accumulate=True)
-            grad_v += step_grad_v
-            grad_queries[t] = grad_query.squeeze(1).mul_(4 * v)
-            grad_hidden = torch.addmm(grad_hidden, grad_queries[t], weight_query)  # B x H: d h_t
-            if grad_hiddens is not None:
-                grad_hidden += grad_hiddens[t]
-            grad_previous = gru_step_backward(grad_hidden, hiddens[t], reset_update[t], candidates[t],
-                                              hidden_candidates[t], grad_input_gates[t], grad_hidden_gates[t])
-            grad_hidden = torch.addmm(grad_previous, grad_hidden_gates[t], weight_hh)  # d h_{t-1}
-            grad_context = grad_input_gates[t] @ weight_context  # d c_{t-1}, through the input gates
+
+        def run_rows(rows):
+            """Back through time for these rows: returns their `d h_0`, `d c_0` and their part of `d v`."""
+            row_keys, row_projected_keys = keys[rows], projected_keys[rows]
+            row_grad_projected_keys = grad_projected_keys[rows]
+            grad_v = torch.zeros_like(v)
+            grad_hidden = hiddens.new_zeros(hiddens[0, rows].shape)  # d h_t from step t + 1
+            grad_context = contexts.new_zeros(contexts[0, rows].shape)  # d c_t from step t + 1
+            for t in reversed(range(steps)):
+                if grad_contexts is not None:
+                    grad_context = grad_context + grad_contexts[t, rows]
+                grad_step_contexts[t, rows] = grad_context
+                # c_t = alpha_t h: d alpha_t, then the softmax's backward (padding has alpha = 0 and gets 0).
+                # As a row times keys^T: the same product as keys times a column, ~9x faster on the CPU.
+                grad_alpha = torch.bmm(grad_context.unsqueeze(1), row_keys.transpose(1, 2)).squeeze(1)  # b x S
+                if grad_weights is not None:
+                    grad_alpha = grad_alpha + grad_weights[t, rows]
+                alpha = weights[t, rows]
+                grad_scores = alpha * (grad_alpha - (alpha * grad_alpha).sum(dim=-1, keepdim=True))  # b x S
+                grad_query, step_grad_v = additive_score_sums(
+                    grad_scores.unsqueeze(1), queries[t, rows].unsqueeze(1), row_projected_keys, v,
+                    row_grad_projected_keys, accumulate=True)
+                grad_v += step_grad_v
+                grad_queries[t, rows] = grad_query.squeeze(1).mul_(4 * v)
+                grad_hidden = torch.addmm(grad_hidden, grad_queries[t, rows], weight_query)  # b x H: d h_t
+                if grad_hiddens is not None:
+                    grad_hidden += grad_hiddens[t, rows]
+                grad_previous = gru_step_backward(grad_hidden, hiddens[t, rows], reset_update[t, rows],
+                                                  candidates[t, rows], hidden_candidates[t, rows],
+                                                  grad_input_gates[t, rows], grad_hidden_gates[t, rows])
+                grad_hidden = torch.addmm(grad_previous, grad_hidden_gates[t, rows], weight_hh)  # d h_{t-1}
+                grad_context = grad_input_gates[t, rows] @ weight_context  # d c_{t-1}, through the input gates
+            return grad_hidden, grad_context, grad_v
+
+        blocks = in_row_blocks(run_rows, hiddens.size(1), hiddens.device)
+        grad_hidden, grad_context = (torch.cat(grads) for grads in list(zip(*blocks))[:2])
+        grad_v = sum(block[2] for block in blocks)
         grad_weight_context = _all_steps(grad_input_gates).t() @ _all_steps(contexts[:-1])  # G x K
         grad_weight_hh = _all_steps(grad_hidden_gates).t() @ _all_steps(hiddens[:-1])  # G x H
         grad_bias_hh = _all_steps(grad_hidden_gates).sum(dim=0)

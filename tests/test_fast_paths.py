@@ -6,12 +6,13 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from hf_rnn_attn import attention, lean_decoding, recurrent_layers
+from hf_rnn_attn import attention, fused_unroll, lean_decoding, recurrent_layers, torch_threads
 from hf_rnn_attn import linear_cross_entropy as fused_loss
 from hf_rnn_attn.attention import AdditiveScoreFunction
 from hf_rnn_attn.fused_gru import gru_directions
 from hf_rnn_attn.fused_unroll import _GRUAttentionUnroll, fuses
 from hf_rnn_attn.linear_cross_entropy import linear_cross_entropy
+from hf_rnn_attn.torch_threads import in_row_blocks
 from hf_rnn_attn.workspace import workspace
 from tiny_models import LOCAL_VARIANTS, VARIANTS, source_batch, tiny_model
 
@@ -386,6 +387,62 @@ def test_fused_gru_attention_unroll_passes_gradcheck():
               leaf(batch, source, score), attention_mask, leaf(3 * hidden, key), leaf(3 * hidden, hidden),
               leaf(3 * hidden), leaf(score, hidden), leaf(score))
     assert torch.autograd.gradcheck(_GRUAttentionUnroll.apply, inputs)
+
+
+def test_fused_gru_attention_unroll_in_row_blocks_side_by_side_equals_one_block(monkeypatch):
+    """On the CPU the unroll runs blocks of rows side by side, one per torch thread (`in_row_blocks`): the same
+    outputs and gradients as one block (up to the order of additions: products of fewer rows may take other
+    kernels, and `v`'s gradient sums the blocks' parts)."""
+    generator = torch.Generator().manual_seed(0)
+    batch, steps, source, hidden, key, score = 10, 4, 6, 8, 6, 5
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator, requires_grad=True)
+
+    attention_mask = (torch.arange(source) < torch.randint(1, source + 1, (batch, 1), generator=generator)).long()
+    inputs = (leaf(batch, steps, 3 * hidden), leaf(batch, hidden), leaf(batch, key), leaf(batch, source, key),
+              leaf(batch, source, score), attention_mask, leaf(3 * hidden, key), leaf(3 * hidden, hidden),
+              leaf(3 * hidden), leaf(score, hidden), leaf(score))
+    probes = [torch.randn(batch, steps, size, generator=generator) for size in (hidden, key, source)]
+    differentiable = [tensor for tensor in inputs if tensor.requires_grad]
+    blocks = []
+    monkeypatch.setattr(fused_unroll, "in_row_blocks",
+                        lambda *args: blocks.append(len(results := in_row_blocks(*args))) or results)
+
+    def run(min_rows_per_block):
+        monkeypatch.setattr(torch_threads, "MIN_ROWS_PER_BLOCK", min_rows_per_block)
+        with torch_threads.torch_threads(3):
+            outputs = _GRUAttentionUnroll.apply(*inputs)
+            loss = sum((output * probe).sum() for output, probe in zip(outputs, probes))
+            return outputs, torch.autograd.grad(loss, differentiable)
+
+    one_block, side_by_side = run(batch + 1), run(1)
+    assert blocks == [1, 1, 3, 3]  # forward and backward pass, 3 blocks of 3, 3 and 4 rows
+    torch.testing.assert_close(side_by_side, one_block, atol=1e-5, rtol=1e-5)
+
+
+def test_in_row_blocks_runs_each_block_in_the_callers_modes_on_one_torch_thread():
+    """Blocks cover the rows in order, each run on one torch thread in the caller's grad and inference mode, and
+    torch's thread count comes back; one block with one torch thread, too few rows or another device."""
+    seen = []
+
+    def function(rows):
+        seen.append((torch.get_num_threads(), torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return rows
+
+    with torch_threads.torch_threads(2):
+        assert in_row_blocks(function, 20, torch.device("cpu")) == [slice(0, 10), slice(10, 20)]
+        with torch.no_grad():
+            in_row_blocks(function, 20, torch.device("cpu"))
+        with torch.inference_mode():
+            in_row_blocks(function, 20, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
+        assert in_row_blocks(function, 2 * torch_threads.MIN_ROWS_PER_BLOCK - 1, torch.device("cpu")) == [
+            slice(0, 2 * torch_threads.MIN_ROWS_PER_BLOCK - 1)]
+        assert in_row_blocks(function, 20, torch.device("cuda")) == [slice(0, 20)]
+    with torch_threads.torch_threads(1):
+        assert in_row_blocks(function, 20, torch.device("cpu")) == [slice(0, 20)]
+    assert seen[:6] == [(1, True, False)] * 2 + [(1, False, False)] * 2 + [(1, False, True)] * 2
 
 
 @pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-location", "lstm-luong-local-p-general"])
