@@ -1,6 +1,7 @@
 """torch's intra-op threads, and work split over them by hand: searches side by side each run on one thread, and
 so do blocks of a batch's rows in the hand-written recurrent passes (`in_row_blocks`)."""
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -10,6 +11,7 @@ import torch
 MIN_ROWS_PER_BLOCK = 8
 
 _pools = {}  # workers by count; they live with the process, as do their `workspace.py` buffers
+os.register_at_fork(after_in_child=_pools.clear)  # a forked child (a DataLoader worker) has none of the threads
 
 
 @contextmanager
