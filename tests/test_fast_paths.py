@@ -1,5 +1,6 @@
 """Every fast path equals the plain path it replaces."""
 
+import multiprocessing
 import threading
 
 import pytest
@@ -443,6 +444,19 @@ def test_in_row_blocks_runs_each_block_in_the_callers_modes_on_one_torch_thread(
     with torch_threads.torch_threads(1):
         assert in_row_blocks(function, 20, torch.device("cpu")) == [slice(0, 20)]
     assert seen[:6] == [(1, True, False)] * 2 + [(1, False, False)] * 2 + [(1, False, True)] * 2
+
+
+def _row_blocks_of_20(_):
+    with torch_threads.torch_threads(2):
+        return in_row_blocks(lambda rows: rows, 20, torch.device("cpu"))
+
+
+def test_in_row_blocks_in_a_forked_child_starts_workers_of_its_own():
+    """A process forked after the workers started (a DataLoader worker) has none of their threads: it must not
+    hand its blocks to the parent's pool, whose threads it does not run, and wait for ever."""
+    assert _row_blocks_of_20(None) == [slice(0, 10), slice(10, 20)]  # the parent's workers exist
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_row_blocks_of_20, (None,)).get(timeout=60) == [slice(0, 10), slice(10, 20)]
 
 
 @pytest.mark.parametrize("variant", ["bigru-bahdanau", "lstm-luong-location", "lstm-luong-local-p-general"])

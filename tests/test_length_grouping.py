@@ -1,5 +1,6 @@
 """`--train_sampling_strategy group_by_length`: batches of similar target length, in random order."""
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import Seq2SeqTrainingArguments
@@ -18,11 +19,11 @@ def batches_of(sampler, seed):
     return [indices[start:start + BATCH] for start in range(0, len(indices), BATCH)]
 
 
-def test_batches_hold_transformers_sentences_in_another_order():
+def test_batches_of_groups_of_50_hold_transformers_sentences_in_another_order():
     lengths = torch.randint(1, 60, (1_003,), generator=torch.Generator().manual_seed(0)).tolist()
     # The same random draw groups the same sentences; only the order of the batches differs.
     grouped = batches_of(LengthGroupedSampler(BATCH, lengths=lengths), seed=1)
-    shuffled = batches_of(ShuffledLengthGroupedSampler(BATCH, lengths=lengths), seed=1)
+    shuffled = batches_of(ShuffledLengthGroupedSampler(BATCH, lengths=lengths, batches_per_group=50), seed=1)
 
     assert sorted(map(sorted, shuffled)) == sorted(map(sorted, grouped))
     assert shuffled[0] == grouped[0] and max(lengths[i] for i in shuffled[0]) == max(lengths)  # longest first
@@ -33,6 +34,18 @@ def test_batches_hold_transformers_sentences_in_another_order():
     grouped_steps, shuffled_steps = steps[:len(steps) // 2], steps[len(steps) // 2:]
     assert sum(step > 0 for step in grouped_steps) < len(grouped_steps) * 0.05
     assert 0.35 < sum(step > 0 for step in shuffled_steps) / sum(step != 0 for step in shuffled_steps) < 0.65
+
+
+def test_batches_group_the_whole_set_by_default():
+    """Sorted over the whole set, no two batches' length ranges overlap: the least padding for the batch size."""
+    lengths = torch.randint(1, 60, (1_003,), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = batches_of(ShuffledLengthGroupedSampler(BATCH, lengths=lengths), seed=1)
+    assert sorted(index for batch in batches for index in batch) == list(range(1_003))
+    ranges = sorted((min(lengths[i] for i in batch), max(lengths[i] for i in batch)) for batch in batches)
+    assert all(high <= next_low for (_, high), (next_low, _) in zip(ranges, ranges[1:]))
+    assert max(lengths[i] for i in batches[0]) == max(lengths) and len(batches[-1]) == 1_003 % BATCH
+    with pytest.raises(ValueError, match="`batches_per_group` must be a positive integer or None, got 0"):
+        ShuffledLengthGroupedSampler(BATCH, lengths=lengths, batches_per_group=0)
 
 
 def test_batches_follow_the_generator():
