@@ -314,8 +314,8 @@ class TranslationTrainer(Seq2SeqTrainer):
         Trainer's default key is the source length, but the decoder loop, most of a step after the output layer
         (which computes real target tokens only), scales with the padded target length; the encoder, which scales
         with the padded source length, is under a tenth of a step.
-        transformers' batches come longest to shortest 50 at a time, grouped 50 batches at a time;
-        `ShuffledLengthGroupedSampler` groups the whole set and shuffles, and its module says why.
+        transformers' sampler sorts groups of 50 batches and hands each out longest first;
+        `ShuffledLengthGroupedSampler` sorts the whole set and shuffles the batches (its module says why).
         """
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or "labels" not in dataset.column_names:
