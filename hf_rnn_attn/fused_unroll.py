@@ -138,9 +138,8 @@ class _GRUAttentionUnroll(torch.autograd.Function):
                 grad_context = grad_input_gates[t, rows] @ weight_context  # d c_{t-1}, through the input gates
             return grad_hidden, grad_context, grad_v
 
-        blocks = in_row_blocks(run_rows, hiddens.size(1), hiddens.device)
-        grad_hidden, grad_context = (torch.cat(grads) for grads in list(zip(*blocks))[:2])
-        grad_v = sum(block[2] for block in blocks)
+        hidden_parts, context_parts, v_parts = zip(*in_row_blocks(run_rows, hiddens.size(1), hiddens.device))
+        grad_hidden, grad_context, grad_v = torch.cat(hidden_parts), torch.cat(context_parts), sum(v_parts)
         grad_weight_context = _all_steps(grad_input_gates).t() @ _all_steps(contexts[:-1])  # G x K
         grad_weight_hh = _all_steps(grad_hidden_gates).t() @ _all_steps(hiddens[:-1])  # G x H
         grad_bias_hh = _all_steps(grad_hidden_gates).sum(dim=0)

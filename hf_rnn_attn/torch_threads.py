@@ -47,6 +47,7 @@ def in_row_blocks(function, rows, device):
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return function(slice(bounds[block], bounds[block + 1]))
 
-    pool = _pools.get(blocks) or _pools.setdefault(blocks, ThreadPoolExecutor(blocks, "hf_rnn_attn_rows"))
+    if blocks not in _pools:
+        _pools[blocks] = ThreadPoolExecutor(blocks, "hf_rnn_attn_rows")
     with torch_threads(1):
-        return list(pool.map(run, range(blocks)))
+        return list(_pools[blocks].map(run, range(blocks)))
